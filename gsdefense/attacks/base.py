@@ -1,0 +1,83 @@
+"""The interface every attack implements, and the poisoned training set it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gsdefense.data.bundle import DataBundle
+from gsdefense.errors import ConfigError
+
+
+@dataclass
+class PoisonedSet:
+    """The training set an attacked model sees.
+
+    ``is_poison`` marks samples the attacker crafted or relabelled, so that
+    metrics (clean vs poison train loss) and telemetry can tell them apart.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    is_poison: torch.Tensor
+
+    @property
+    def n_poison(self) -> int:
+        return int(self.is_poison.sum())
+
+
+class Attack:
+    """Turns clean training data into a ``PoisonedSet``.
+
+    Backdoor attacks also override ``trigger`` (applied to test inputs for ASR);
+    ``is_backdoor`` says whether ASR is defined.
+    """
+
+    is_backdoor: bool = False
+    #: label the attacker wants triggered inputs to receive (None: untargeted)
+    target_class: int | None = None
+
+    def validate(self, data: DataBundle) -> None:
+        """Raise ConfigError for settings that do not fit ``data``."""
+
+    def poison(self, data: DataBundle, *, generator: torch.Generator) -> PoisonedSet:
+        raise NotImplementedError
+
+    def trigger(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no test-time trigger")
+
+
+def check_ratio(poison_ratio: float) -> None:
+    if not 0.0 <= poison_ratio < 1.0:
+        raise ConfigError(
+            "attack.poison_ratio", f"must be in [0, 1) (got {poison_ratio}).", "pass a fraction such as 0.05."
+        )
+
+
+def check_target(target_class: int | None, data: DataBundle) -> None:
+    if target_class is not None and not 0 <= target_class < data.num_classes:
+        raise ConfigError(
+            "attack.target_class",
+            f"must be a class of {data.name}, 0..{data.num_classes - 1} (got {target_class}).",
+        )
+
+
+def pick(candidates: torch.Tensor, count: int, *, generator: torch.Generator, field: str) -> torch.Tensor:
+    """``count`` distinct indices drawn uniformly from ``candidates``."""
+    if count > len(candidates):
+        raise ConfigError(field, f"asks for {count} poisons but only {len(candidates)} eligible samples exist.")
+    order = torch.randperm(len(candidates), generator=generator)[:count]
+    return candidates[order.to(candidates.device)].sort().values
+
+
+def relabel_to_target(
+    data: DataBundle, idx: torch.Tensor, x_new: torch.Tensor, target_class: int
+) -> PoisonedSet:
+    """Replace samples ``idx`` by ``x_new`` labelled ``target_class`` (dirty-label backdoor)."""
+    x, y = data.x_train.clone(), data.y_train.clone()
+    x[idx] = x_new
+    y[idx] = target_class
+    mask = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    mask[idx] = True
+    return PoisonedSet(x=x, y=y, is_poison=mask)

@@ -1,0 +1,131 @@
+"""Models from Hong et al. Table 4, plus a DP-compatible ResNet-18.
+
+Every model starts with ``Normalize`` so that data and attacks stay in pixel
+space while the network sees standardised inputs. Input shape and number of
+classes always come from the dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gsdefense.errors import ConfigError
+from gsdefense.registry import Registry
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel (images) or per feature (tabular)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, ndim: int) -> None:
+        super().__init__()
+        shape = (1, -1) + (1,) * (ndim - 1)
+        self.register_buffer("mean", mean.detach().clone().float().reshape(shape))
+        self.register_buffer("std", std.detach().clone().float().clamp_min(1e-6).reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@dataclass
+class LRConfig:
+    name: str = "lr"
+
+
+@dataclass
+class MLPConfig:
+    name: str = "mlp"
+    hidden: int = 256
+
+
+@dataclass
+class CNNConfig:
+    name: str = "cnn"
+
+
+@dataclass
+class ResNetConfig:
+    name: str = "resnet18"
+    groups: int = 32  # GroupNorm groups; BatchNorm mixes samples, which per-sample DP forbids
+
+
+def _wrap(body: nn.Module, mean: torch.Tensor, std: torch.Tensor, ndim: int) -> nn.Sequential:
+    return nn.Sequential(Normalize(mean, std, ndim), body)
+
+
+@MODELS.register("lr", LRConfig)
+def logistic_regression(cfg: LRConfig, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
+    """Multinomial logistic regression: softmax(W·x + b)."""
+    body = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+    return _wrap(body, mean, std, len(input_shape))
+
+
+@MODELS.register("mlp", MLPConfig)
+def mlp(cfg: MLPConfig, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
+    """FC(hidden)-ReLU-FC(classes) (Table 4: hidden = 256)."""
+    if cfg.hidden <= 0:
+        raise ConfigError("model.hidden", f"must be > 0 (got {cfg.hidden}).")
+    body = nn.Sequential(
+        nn.Flatten(), nn.Linear(math.prod(input_shape), cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, num_classes)
+    )
+    return _wrap(body, mean, std, len(input_shape))
+
+
+def _require_image(name: str, input_shape: tuple[int, ...], min_side: int) -> None:
+    if len(input_shape) != 3 or min(input_shape[1:]) < min_side:
+        raise ConfigError(
+            "model.name",
+            f"{name} needs image inputs (C, H, W) with H, W >= {min_side}; this dataset gives {input_shape}.",
+            "use model=lr or model=mlp for tabular data.",
+        )
+
+
+@MODELS.register("cnn", CNNConfig)
+def cnn(cfg: CNNConfig, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
+    """Conv3x3x16-ReLU, Conv3x3x32-ReLU, MaxPool2, FC64-ReLU, FC(classes) (Table 4)."""
+    _require_image("cnn", input_shape, 6)
+    c, h, w = input_shape
+    flat = 32 * ((h - 4) // 2) * ((w - 4) // 2)
+    body = nn.Sequential(
+        nn.Conv2d(c, 16, 3),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(flat, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
+    return _wrap(body, mean, std, 3)
+
+
+@MODELS.register("resnet18", ResNetConfig)
+def resnet18(cfg: ResNetConfig, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
+    """torchvision ResNet-18 with GroupNorm, and a CIFAR-style 3x3 stem for small images."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    _require_image("resnet18", input_shape, 8)
+    if 64 % cfg.groups:
+        raise ConfigError("model.groups", f"must divide 64 (got {cfg.groups}).", "use 1, 2, 4, 8, 16, 32 or 64.")
+    net = tv_resnet18(num_classes=num_classes, norm_layer=lambda ch: nn.GroupNorm(cfg.groups, ch))
+    c, h, _ = input_shape
+    # The ImageNet stem (7x7 stride 2 + max-pool) throws away most of a 32x32 image.
+    stride = 2 if h > 64 else 1
+    net.conv1 = nn.Conv2d(c, 64, kernel_size=3 if h <= 64 else 7, stride=stride, padding=1 if h <= 64 else 3, bias=False)
+    if h <= 64:
+        net.maxpool = nn.Identity()
+    for module in net.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False  # Opacus' backward hooks cannot see through in-place ops
+    return _wrap(net, mean, std, 3)
+
+
+def build_model(node, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
+    cfg = MODELS.config(node)
+    return MODELS.builder(node)(cfg, input_shape=input_shape, num_classes=num_classes, mean=mean, std=std)

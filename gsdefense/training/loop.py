@@ -1,0 +1,129 @@
+"""One training loop for vanilla and DP training, on tensors already on the device.
+
+Batches are index tensors drawn on the device: a shuffled partition per epoch for
+vanilla training, independent Bernoulli(q) masks (Poisson sampling) for DP-SGD.
+No per-sample Python runs inside an epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gsdefense.training.dp import DPSGDConfig, make_private
+from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig
+
+log = logging.getLogger(__name__)
+
+Evaluate = Callable[[nn.Module], dict[str, float | None]]
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    status: str = "ok"  # ok | diverged
+    diverged_epoch: int | None = None
+    epsilon: float | None = None
+
+
+def _epochs(total: int, desc: str):
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(range(1, total + 1), desc=desc, leave=False)
+    return range(1, total + 1)
+
+
+def _vanilla_batches(n: int, batch_size: int, *, generator: torch.Generator, device: torch.device):
+    perm = torch.randperm(n, generator=generator, device=device)
+    return perm.split(batch_size)
+
+
+def _poisson_batches(n: int, sample_rate: float, *, generator: torch.Generator, device: torch.device):
+    for _ in range(round(1 / sample_rate)):
+        yield (torch.rand(n, generator=generator, device=device) < sample_rate).nonzero().squeeze(1)
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    optimizer_cfg: SGDConfig | AdamConfig,
+    dp: DPSGDConfig | None,
+    seed: int,
+    evaluate: Evaluate | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` on ``(x, y)`` for ``optimizer_cfg.epochs`` epochs.
+
+    ``evaluate(model)`` runs after each epoch; its keys join that epoch's row in
+    the history. A non-finite epoch loss stops training with status ``diverged``.
+    """
+    device = x.device
+    n = len(y)
+    sampler = torch.Generator(device=device).manual_seed(seed)
+    optimizer = OPTIMIZERS.builder(optimizer_cfg)(optimizer_cfg, model.parameters())
+    private = None
+    module = model
+    if dp is not None:
+        noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        private = make_private(
+            model, optimizer, cfg=dp, n_train=n, batch_size=optimizer_cfg.batch_size, noise_generator=noise_gen
+        )
+        module, optimizer = private.module, private.optimizer
+
+    result = TrainResult(model=model)
+    start = time.perf_counter()
+    for epoch in _epochs(optimizer_cfg.epochs, desc):
+        module.train()
+        if private is None:
+            batches = _vanilla_batches(n, optimizer_cfg.batch_size, generator=sampler, device=device)
+        else:
+            batches = _poisson_batches(n, private.sample_rate, generator=sampler, device=device)
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        for idx in batches:
+            optimizer.zero_grad(set_to_none=True)
+            out = module(x[idx])
+            if len(idx):
+                loss = F.cross_entropy(out, y[idx])
+                loss_sum += loss.detach() * len(idx)
+                seen += len(idx)
+            else:
+                # An empty Poisson batch is still a DP step: the update is pure noise.
+                loss = out.sum() * 0.0
+            loss.backward()
+            optimizer.step()
+        train_loss = (loss_sum / max(seen, 1)).item()
+        row: dict[str, float | int | None] = {"epoch": epoch, "train_loss": train_loss}
+        row["seconds"] = time.perf_counter() - start
+        if private is not None:
+            result.epsilon = private.epsilon()
+        row["epsilon"] = result.epsilon
+        if not math.isfinite(train_loss) or not all(torch.isfinite(p).all() for p in model.parameters()):
+            result.status, result.diverged_epoch = "diverged", epoch
+            result.history.append(row)
+            log.warning("%s: loss became non-finite at epoch %d; stopping", desc, epoch)
+            break
+        if evaluate is not None:
+            module.eval()
+            with torch.no_grad():
+                row.update(evaluate(model))
+        result.history.append(row)
+        if not sys.stderr.isatty():
+            shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+            log.info("%s epoch %d/%d %s", desc, epoch, optimizer_cfg.epochs, shown)
+    if private is not None:
+        module._close()  # drop Opacus hooks so the plain model can be evaluated and saved
+    model.eval()
+    return result

@@ -1,0 +1,55 @@
+"""Optimizer options (``optimizer=sgd|adam``) with the training schedule they run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from gsdefense.errors import ConfigError
+from gsdefense.registry import Registry
+
+OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
+
+
+@dataclass
+class SGDConfig:
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 20
+
+
+@dataclass
+class AdamConfig:
+    name: str = "adam"
+    lr: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 20
+
+
+def check_schedule(cfg: SGDConfig | AdamConfig) -> None:
+    for field in ("lr", "batch_size", "epochs"):
+        value = getattr(cfg, field)
+        if value <= 0:
+            raise ConfigError(f"optimizer.{field}", f"must be > 0 (got {value}).")
+    if cfg.weight_decay < 0:
+        raise ConfigError("optimizer.weight_decay", f"must be >= 0 (got {cfg.weight_decay}).")
+
+
+@OPTIMIZERS.register("sgd", SGDConfig)
+def sgd(cfg: SGDConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError("optimizer.momentum", f"must be in [0, 1) (got {cfg.momentum}).")
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adam", AdamConfig)
+def adam(cfg: AdamConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
