@@ -1,7 +1,7 @@
 """Entry point: compose the Hydra config and call ``gsdefense.run``.
 
-    python launch.py                                   # one run, embedded digits data
-    python launch.py -m dp.clip=0.1,1,4 dp.noise=0.4,4.0 attack=blend
+python launch.py                                   # one run, embedded digits data
+python launch.py -m dp.clip=0.1,1,4 dp.noise=0.4,4.0 attack=blend
 """
 
 import hydra

@@ -30,7 +30,9 @@ def cache_key(kind: str, spec: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def cached_json(cache_dir: str | Path, kind: str, spec: dict[str, Any], compute: Callable[[], dict]) -> tuple[dict, bool]:
+def cached_json(
+    cache_dir: str | Path, kind: str, spec: dict[str, Any], compute: Callable[[], dict]
+) -> tuple[dict, bool]:
     """The cached result for ``spec``, computing it under a lock if absent.
 
     Returns ``(entry, hit)`` where ``hit`` says whether it came from disk.

@@ -28,7 +28,9 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:
     if len(y) == 0:
         return None
-    total = sum(F.cross_entropy(model(xc), yc, reduction="sum") for xc, yc in zip(x.split(EVAL_CHUNK), y.split(EVAL_CHUNK)))
+    total = sum(
+        F.cross_entropy(model(xc), yc, reduction="sum") for xc, yc in zip(x.split(EVAL_CHUNK), y.split(EVAL_CHUNK))
+    )
     return float(total) / len(y)
 
 

@@ -105,19 +105,37 @@ def cnn(cfg: CNNConfig, *, input_shape: tuple[int, ...], num_classes: int, mean,
     return _wrap(body, mean, std, 3)
 
 
+def _block_class() -> type[nn.Module]:
+    from torchvision.models.resnet import BasicBlock
+
+    class Block(BasicBlock):
+        """torchvision's BasicBlock with out-of-place ops: Opacus' backward hooks forbid in-place ones."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + identity)
+
+    return Block
+
+
 @MODELS.register("resnet18", ResNetConfig)
 def resnet18(cfg: ResNetConfig, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
     """torchvision ResNet-18 with GroupNorm, and a CIFAR-style 3x3 stem for small images."""
-    from torchvision.models import resnet18 as tv_resnet18
+    from torchvision.models.resnet import ResNet
 
     _require_image("resnet18", input_shape, 8)
     if 64 % cfg.groups:
         raise ConfigError("model.groups", f"must divide 64 (got {cfg.groups}).", "use 1, 2, 4, 8, 16, 32 or 64.")
-    net = tv_resnet18(num_classes=num_classes, norm_layer=lambda ch: nn.GroupNorm(cfg.groups, ch))
+    net = ResNet(
+        _block_class(), [2, 2, 2, 2], num_classes=num_classes, norm_layer=lambda ch: nn.GroupNorm(cfg.groups, ch)
+    )
     c, h, _ = input_shape
     # The ImageNet stem (7x7 stride 2 + max-pool) throws away most of a 32x32 image.
     stride = 2 if h > 64 else 1
-    net.conv1 = nn.Conv2d(c, 64, kernel_size=3 if h <= 64 else 7, stride=stride, padding=1 if h <= 64 else 3, bias=False)
+    net.conv1 = nn.Conv2d(
+        c, 64, kernel_size=3 if h <= 64 else 7, stride=stride, padding=1 if h <= 64 else 3, bias=False
+    )
     if h <= 64:
         net.maxpool = nn.Identity()
     for module in net.modules():

@@ -104,9 +104,7 @@ def _build(plan: Plan) -> torch.nn.Module:
 
 
 def _train(plan: Plan, x, y, *, dp: DPSGDConfig | None, evaluate=None, desc: str) -> TrainResult:
-    return train(
-        _build(plan), x, y, optimizer_cfg=plan.optimizer, dp=dp, seed=plan.seed, evaluate=evaluate, desc=desc
-    )
+    return train(_build(plan), x, y, optimizer_cfg=plan.optimizer, dp=dp, seed=plan.seed, evaluate=evaluate, desc=desc)
 
 
 def reference_accuracy(plan: Plan, *, dp: DPSGDConfig | None) -> tuple[float | None, bool]:

@@ -45,7 +45,9 @@ class BadNets(Attack):
         if not 1 <= self.cfg.patch_size <= side:
             raise ConfigError("attack.patch_size", f"must be in 1..{side} for {data.name} (got {self.cfg.patch_size}).")
         if self.cfg.corner not in CORNERS:
-            raise ConfigError("attack.corner", f"unknown corner {self.cfg.corner!r}.", f"use one of {', '.join(CORNERS)}.")
+            raise ConfigError(
+                "attack.corner", f"unknown corner {self.cfg.corner!r}.", f"use one of {', '.join(CORNERS)}."
+            )
         self.value = data.box[1]
 
     def trigger(self, x: torch.Tensor) -> torch.Tensor:

@@ -71,9 +71,7 @@ def pick(candidates: torch.Tensor, count: int, *, generator: torch.Generator, fi
     return candidates[order.to(candidates.device)].sort().values
 
 
-def relabel_to_target(
-    data: DataBundle, idx: torch.Tensor, x_new: torch.Tensor, target_class: int
-) -> PoisonedSet:
+def relabel_to_target(data: DataBundle, idx: torch.Tensor, x_new: torch.Tensor, target_class: int) -> PoisonedSet:
     """Replace samples ``idx`` by ``x_new`` labelled ``target_class`` (dirty-label backdoor)."""
     x, y = data.x_train.clone(), data.y_train.clone()
     x[idx] = x_new

@@ -57,7 +57,9 @@ class LabelFlip(Attack):
             mask = torch.zeros(n, dtype=torch.bool, device=y.device)
             mask[idx] = True
             return PoisonedSet(x=data.x_train, y=y, is_poison=mask)
-        mask = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(count, dtype=torch.bool)]).to(data.y_train.device)
+        mask = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(count, dtype=torch.bool)]).to(
+            data.y_train.device
+        )
         return PoisonedSet(
             x=torch.cat([data.x_train, data.x_train[idx]]), y=torch.cat([data.y_train, flipped]), is_poison=mask
         )

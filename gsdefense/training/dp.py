@@ -49,7 +49,9 @@ def _no_dp(cfg: NoDPConfig) -> None:
 @DP.register("dpsgd", DPSGDConfig)
 def _dpsgd(cfg: DPSGDConfig) -> DPSGDConfig:
     if not cfg.clip > 0:
-        raise ConfigError("dp.clip", f"must be > 0 (got {cfg.clip}).", "pass the max per-sample gradient norm, e.g. 1.0.")
+        raise ConfigError(
+            "dp.clip", f"must be > 0 (got {cfg.clip}).", "pass the max per-sample gradient norm, e.g. 1.0."
+        )
     if cfg.noise < 0:
         raise ConfigError("dp.noise", f"must be >= 0 (got {cfg.noise}).", "pass the noise multiplier σ, e.g. 1.0.")
     if not 0 < cfg.delta < 1:
