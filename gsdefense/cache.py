@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from filelock import FileLock
 
-from gsdefense.io import write_json
+from gsdefense.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +31,46 @@ def cache_key(kind: str, spec: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def cached_json(
-    cache_dir: str | Path, kind: str, spec: dict[str, Any], compute: Callable[[], dict]
-) -> tuple[dict, bool]:
-    """The cached result for ``spec``, computing it under a lock if absent.
-
-    Returns ``(entry, hit)`` where ``hit`` says whether it came from disk.
-    """
-    folder = Path(cache_dir) / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(kind, spec)
-    path = folder / f"{key}.json"
+def _cached(path: Path, load: Callable[[Path], Any], save: Callable[[Path, Any], None], compute: Callable[[], Any]):
+    path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             try:
-                return json.loads(path.read_text())["result"], True
-            except (json.JSONDecodeError, KeyError):
-                log.warning("cache entry %s is unreadable; recomputing it", path)
+                return load(path), True
+            except Exception as err:  # noqa: BLE001 - a corrupt entry is recomputed, never trusted
+                log.warning("cache entry %s is unreadable (%s); recomputing it", path, err)
         result = compute()
-        write_json(path, {"spec": spec, "result": result})
+        save(path, result)
         return result, False
+
+
+def cached_json(
+    cache_dir: str | Path, kind: str, spec: dict[str, Any], compute: Callable[[], dict]
+) -> tuple[dict, bool]:
+    """The cached JSON result for ``spec``, computing it under a lock if absent.
+
+    Returns ``(entry, hit)`` where ``hit`` says whether it came from disk.
+    """
+    path = Path(cache_dir) / kind / f"{cache_key(kind, spec)}.json"
+    return _cached(
+        path,
+        lambda p: json.loads(p.read_text())["result"],
+        lambda p, result: write_json(p, {"spec": spec, "result": result}),
+        compute,
+    )
+
+
+def cached_tensors(
+    cache_dir: str | Path, kind: str, spec: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Like ``cached_json`` for a dict of tensors (model weights, triggers, poisons).
+
+    Loaded with ``weights_only=True`` onto the CPU; the spec sits beside it as JSON.
+    """
+    path = Path(cache_dir) / kind / f"{cache_key(kind, spec)}.pt"
+
+    def save(p: Path, tensors: dict[str, torch.Tensor]) -> None:
+        atomic_write(p, lambda fh: torch.save({k: v.detach().cpu() for k, v in tensors.items()}, fh), mode="wb")
+        write_json(p.with_suffix(".json"), {"spec": spec})
+
+    return _cached(path, lambda p: torch.load(p, map_location="cpu", weights_only=True), save, compute)

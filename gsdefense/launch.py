@@ -30,14 +30,14 @@ def main_task(cfg: DictConfig) -> dict:
     try:
         return run(cfg, output_dir=output_dir)
     except ConfigError as err:
-        write_json(output_dir / "metrics.json", failure_metrics(err))
+        write_json(output_dir / "metrics.json", failure_metrics(err, cfg))
         log.error("invalid config: %s", err)
         if multirun:
             return {"status": "failed", "error": str(err)}
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:  # noqa: BLE001 - a sweep must outlive one bad job
-        write_json(output_dir / "metrics.json", failure_metrics(err))
+        write_json(output_dir / "metrics.json", failure_metrics(err, cfg))
         log.error("run failed: %s\n%s", err, traceback.format_exc())
         if multirun:
             return {"status": "failed", "error": str(err)}

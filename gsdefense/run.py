@@ -20,12 +20,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gsdefense import metrics as M
-from gsdefense.attacks import ATTACKS, Attack, build_attack
-from gsdefense.cache import cached_json
+from gsdefense.attacks import ATTACKS, Attack, RunContext, build_attack
+from gsdefense.cache import cache_key, cached_json
 from gsdefense.data import DATASETS, load_dataset
 from gsdefense.data.bundle import DataBundle
+from gsdefense.defenses import Defense, build_defense
 from gsdefense.errors import ConfigError
-from gsdefense.io import write_csv, write_json
+from gsdefense.io import atomic_write, write_csv, write_json
 from gsdefense.models import MODELS, build_model
 from gsdefense.training.dp import DPSGDConfig, dp_config
 from gsdefense.training.loop import TrainResult, train
@@ -33,7 +34,20 @@ from gsdefense.training.optim import OPTIMIZERS, check_schedule
 
 log = logging.getLogger(__name__)
 
-TOP_LEVEL_KEYS = {"dataset", "model", "attack", "optimizer", "dp", "seed", "device", "cache_dir"}
+TOP_LEVEL_KEYS = {
+    "dataset",
+    "model",
+    "attack",
+    "defense",
+    "optimizer",
+    "dp",
+    "seed",
+    "device",
+    "cache_dir",
+    "save_model",
+}
+# Keys that say where or how a run executes, not what it computes: left out of run_id.
+NOT_IN_RUN_ID = {"hydra", "cache_dir", "save_model"}
 NO_DP_NOTE = "no DP: vanilla training has no privacy guarantee"
 
 
@@ -43,6 +57,8 @@ class Plan:
 
     data: DataBundle
     attack: Attack
+    defense: Defense
+    context: RunContext
     model_node: Any
     optimizer: Any
     dp: DPSGDConfig | None
@@ -81,7 +97,18 @@ def prepare(cfg: DictConfig) -> Plan:
     dataset_cfg = DATASETS.config(cfg.dataset)
     data = load_dataset(cfg.dataset, seed=seed).to(device)
     attack = build_attack(cfg.attack)
-    attack.validate(data)
+    cache_dir = Path(str(cfg.cache_dir)).expanduser()
+    context = RunContext(
+        seed=seed,
+        device=device,
+        cache_dir=cache_dir,
+        model_name=cfg.model.name,
+        model_node=cfg.model,
+        optimizer=optimizer,
+    )
+    attack.validate(data, context=context)
+    defense = build_defense(cfg.defense)
+    defense.validate(data, context=context)
     spec = {
         "dataset": dataclasses.asdict(dataset_cfg),
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -89,7 +116,7 @@ def prepare(cfg: DictConfig) -> Plan:
         "seed": seed,
         "device": device.type,
     }
-    plan = Plan(data, attack, cfg.model, optimizer, dp, seed, device, Path(str(cfg.cache_dir)).expanduser(), spec)
+    plan = Plan(data, attack, defense, context, cfg.model, optimizer, dp, seed, device, cache_dir, spec)
     _build(plan)  # a model that does not fit the data fails now, not after the reference trains
     return plan
 
@@ -131,7 +158,8 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     plan = prepare(cfg)
     data = plan.data
     gen = torch.Generator().manual_seed(plan.seed)
-    poisoned = plan.attack.poison(data, generator=gen)
+    poisoned = plan.attack.poison(data, generator=gen, context=plan.context)
+    poisoned, defense_info = plan.defense.apply(poisoned, data=data)
     triggered = M.backdoor_test_set(plan.attack, data.x_test, data.y_test) if plan.attack.is_backdoor else None
 
     def evaluate(model: torch.nn.Module) -> dict:
@@ -145,6 +173,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     model, clean = result.model, ~poisoned.is_poison
     ok = result.status == "ok"
     metrics: dict[str, Any] = {
+        "run_id": run_id(cfg),
         "status": result.status,
         "error": None if ok else f"loss became non-finite at epoch {result.diverged_epoch}",
         "diverged_epoch": result.diverged_epoch,
@@ -166,14 +195,31 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
         "n_train": len(poisoned.y),
         "n_poison": poisoned.n_poison,
         "poison_ratio": poisoned.n_poison / len(poisoned.y),
+        **defense_info,
+        **plan.attack.extra_metrics(),
         "seconds": time.perf_counter() - start,
         "device": str(plan.device),
     }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.save_model:
+        atomic_write(output_dir / "model.pt", lambda fh: torch.save(model.state_dict(), fh), mode="wb")
     write_csv(output_dir / "history.csv", result.history)
     write_json(output_dir / "metrics.json", metrics)
     return metrics
 
 
-def failure_metrics(error: BaseException) -> dict[str, Any]:
+def run_id(cfg: DictConfig) -> str:
+    """A deterministic id: the hash of the resolved config, without paths and launcher settings."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return cache_key("run", {k: v for k, v in resolved.items() if k not in NOT_IN_RUN_ID})
+
+
+def failure_metrics(error: BaseException, cfg: DictConfig | None = None) -> dict[str, Any]:
     """The metrics.json of a run that did not finish: status failed, and why."""
-    return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    ident = None
+    if cfg is not None:
+        try:
+            ident = run_id(cfg)
+        except Exception:  # noqa: BLE001 - an unresolvable config still deserves its failure record
+            ident = None
+    return {"run_id": ident, "status": "failed", "error": f"{type(error).__name__}: {error}"}

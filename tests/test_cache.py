@@ -7,7 +7,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-from gsdefense.cache import cache_key, cached_json
+from gsdefense.cache import cache_key, cached_json, cached_tensors
 
 
 def test_second_call_hits_and_different_spec_misses(tmp_path):
@@ -48,3 +48,14 @@ def test_eight_concurrent_processes_compute_once_and_leave_one_valid_file(tmp_pa
     assert len(entries) == 1
     assert json.loads(entries[0].read_text())["result"] == {"clean_acc": 0.5}
     assert not list(Path(tmp_path / "c" / "reference").glob("*.tmp"))
+
+
+def test_tensor_cache_round_trip(tmp_path):
+    import torch
+
+    spec = {"trigger": "narcissus", "eps": 0.06}
+    made = {"delta": torch.arange(6.0).reshape(2, 3)}
+    first, hit = cached_tensors(tmp_path, "trigger", spec, lambda: made)
+    assert not hit
+    again, hit = cached_tensors(tmp_path, "trigger", spec, lambda: 1 / 0)
+    assert hit and torch.equal(again["delta"], made["delta"])

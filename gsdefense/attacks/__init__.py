@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gsdefense.attacks.badnets import BadNets, BadNetsConfig
-from gsdefense.attacks.base import Attack, PoisonedSet
+from gsdefense.attacks.base import Attack, PoisonedSet, RunContext
 from gsdefense.attacks.blend import Blend, BlendConfig
 from gsdefense.attacks.label_flip import LabelFlip, LabelFlipConfig
 from gsdefense.attacks.none import NoAttack, NoAttackConfig
@@ -22,4 +22,4 @@ def build_attack(node: Any) -> Attack:
     return ATTACKS.builder(node)(ATTACKS.config(node))
 
 
-__all__ = ["ATTACKS", "Attack", "PoisonedSet", "build_attack"]
+__all__ = ["ATTACKS", "Attack", "PoisonedSet", "RunContext", "build_attack"]

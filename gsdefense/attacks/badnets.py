@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gsdefense.attacks.base import Attack, PoisonedSet, check_ratio, check_target, pick, relabel_to_target
+from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_ratio, check_target, pick, relabel_to_target
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
 
@@ -36,7 +36,7 @@ class BadNets(Attack):
         self.target_class = cfg.target_class
         self.value = 1.0
 
-    def validate(self, data: DataBundle) -> None:
+    def validate(self, data: DataBundle, *, context: RunContext | None = None) -> None:
         check_ratio(self.cfg.poison_ratio)
         check_target(self.cfg.target_class, data)
         if len(data.input_shape) != 3:
@@ -58,7 +58,7 @@ class BadNets(Attack):
         out[..., rows, cols] = self.value
         return out
 
-    def poison(self, data: DataBundle, *, generator: torch.Generator) -> PoisonedSet:
+    def poison(self, data: DataBundle, *, generator: torch.Generator, context: RunContext | None = None) -> PoisonedSet:
         count = round(self.cfg.poison_ratio * len(data.y_train))
         eligible = (data.y_train != self.cfg.target_class).nonzero().squeeze(1)
         idx = pick(eligible, count, generator=generator, field="attack.poison_ratio")

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
+
+
+@dataclass
+class RunContext:
+    """What an attack may know about the run besides the data.
+
+    Attacks that train surrogates or craft against the victim's architecture
+    (Narcissus, Steinhardt) read it; most attacks ignore it.
+    """
+
+    seed: int
+    device: torch.device
+    cache_dir: Path
+    model_name: str
+    model_node: Any = None  # the victim's ``model`` config node
+    optimizer: Any = None  # the victim's typed optimizer config (lr, batch_size, epochs …)
 
 
 @dataclass
@@ -38,11 +56,15 @@ class Attack:
     #: label the attacker wants triggered inputs to receive (None: untargeted)
     target_class: int | None = None
 
-    def validate(self, data: DataBundle) -> None:
-        """Raise ConfigError for settings that do not fit ``data``."""
+    def validate(self, data: DataBundle, *, context: RunContext | None = None) -> None:
+        """Raise ConfigError for settings that do not fit ``data`` (or the victim model)."""
 
-    def poison(self, data: DataBundle, *, generator: torch.Generator) -> PoisonedSet:
+    def poison(self, data: DataBundle, *, generator: torch.Generator, context: RunContext | None = None) -> PoisonedSet:
         raise NotImplementedError
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Attack-specific numbers for metrics.json (e.g. a certified bound); call after ``poison``."""
+        return {}
 
     def trigger(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no test-time trigger")

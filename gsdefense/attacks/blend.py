@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gsdefense.attacks.base import Attack, PoisonedSet, check_ratio, check_target, pick, relabel_to_target
+from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_ratio, check_target, pick, relabel_to_target
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
 
@@ -53,7 +53,7 @@ class Blend(Attack):
         self.target_class = cfg.target_class
         self.pattern: torch.Tensor | None = None
 
-    def validate(self, data: DataBundle) -> None:
+    def validate(self, data: DataBundle, *, context: RunContext | None = None) -> None:
         check_ratio(self.cfg.poison_ratio)
         check_target(self.cfg.target_class, data)
         for field in ("alpha", "test_alpha"):
@@ -75,7 +75,7 @@ class Blend(Attack):
         alpha = self.cfg.alpha if self.cfg.test_alpha is None else self.cfg.test_alpha
         return self.blend(x, alpha)
 
-    def poison(self, data: DataBundle, *, generator: torch.Generator) -> PoisonedSet:
+    def poison(self, data: DataBundle, *, generator: torch.Generator, context: RunContext | None = None) -> PoisonedSet:
         count = round(self.cfg.poison_ratio * len(data.y_train))
         eligible = (data.y_train != self.cfg.target_class).nonzero().squeeze(1)
         idx = pick(eligible, count, generator=generator, field="attack.poison_ratio")

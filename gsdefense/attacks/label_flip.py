@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gsdefense.attacks.base import Attack, PoisonedSet, check_ratio, check_target, pick
+from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_ratio, check_target, pick
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
 
@@ -30,7 +30,7 @@ class LabelFlip(Attack):
         self.cfg = cfg
         self.target_class = cfg.target_class
 
-    def validate(self, data: DataBundle) -> None:
+    def validate(self, data: DataBundle, *, context: RunContext | None = None) -> None:
         check_ratio(self.cfg.poison_ratio)
         check_target(self.cfg.target_class, data)
         if self.cfg.mode not in ("replace", "append"):
@@ -43,7 +43,7 @@ class LabelFlip(Attack):
         shift = torch.randint(1, num_classes, (len(y),), generator=generator).to(y.device)
         return (y + shift) % num_classes
 
-    def poison(self, data: DataBundle, *, generator: torch.Generator) -> PoisonedSet:
+    def poison(self, data: DataBundle, *, generator: torch.Generator, context: RunContext | None = None) -> PoisonedSet:
         n = len(data.y_train)
         count = round(self.cfg.poison_ratio * n)
         eligible = torch.arange(n, device=data.y_train.device)
