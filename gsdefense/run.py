@@ -28,24 +28,15 @@ from gsdefense.defenses import Defense, build_defense
 from gsdefense.errors import ConfigError
 from gsdefense.io import atomic_write, write_csv, write_json
 from gsdefense.models import MODELS, build_model
+from gsdefense.telemetry import GradientProbe, TelemetryConfig, original_exports, telemetry_config
 from gsdefense.training.dp import DPSGDConfig, dp_config
 from gsdefense.training.loop import TrainResult, train
 from gsdefense.training.optim import OPTIMIZERS, check_schedule
 
 log = logging.getLogger(__name__)
 
-TOP_LEVEL_KEYS = {
-    "dataset",
-    "model",
-    "attack",
-    "defense",
-    "optimizer",
-    "dp",
-    "seed",
-    "device",
-    "cache_dir",
-    "save_model",
-}
+TOP_LEVEL_KEYS = {"dataset", "model", "attack", "defense", "optimizer", "dp", "telemetry", "seed", "device"}
+TOP_LEVEL_KEYS |= {"cache_dir", "save_model"}
 # Keys that say where or how a run executes, not what it computes: left out of run_id.
 NOT_IN_RUN_ID = {"hydra", "cache_dir", "save_model"}
 NO_DP_NOTE = "no DP: vanilla training has no privacy guarantee"
@@ -66,6 +57,7 @@ class Plan:
     device: torch.device
     cache_dir: Path
     spec: dict[str, Any]  # resolved config groups, the basis of cache keys
+    telemetry: TelemetryConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +84,7 @@ def prepare(cfg: DictConfig) -> Plan:
     optimizer = OPTIMIZERS.config(cfg.optimizer)
     check_schedule(optimizer)
     dp = dp_config(cfg.dp)
+    telemetry = telemetry_config(cfg.telemetry)
     ATTACKS.config(cfg.attack)
     MODELS.config(cfg.model)
     dataset_cfg = DATASETS.config(cfg.dataset)
@@ -116,7 +109,7 @@ def prepare(cfg: DictConfig) -> Plan:
         "seed": seed,
         "device": device.type,
     }
-    plan = Plan(data, attack, defense, context, cfg.model, optimizer, dp, seed, device, cache_dir, spec)
+    plan = Plan(data, attack, defense, context, cfg.model, optimizer, dp, seed, device, cache_dir, spec, telemetry)
     _build(plan)  # a model that does not fit the data fails now, not after the reference trains
     return plan
 
@@ -130,8 +123,11 @@ def _build(plan: Plan) -> torch.nn.Module:
     return model.to(plan.device)
 
 
-def _train(plan: Plan, x, y, *, dp: DPSGDConfig | None, evaluate=None, desc: str) -> TrainResult:
-    return train(_build(plan), x, y, optimizer_cfg=plan.optimizer, dp=dp, seed=plan.seed, evaluate=evaluate, desc=desc)
+def _train(plan: Plan, x, y, *, dp: DPSGDConfig | None, evaluate=None, probe=None, desc: str) -> TrainResult:
+    model = _build(plan)
+    return train(
+        model, x, y, optimizer_cfg=plan.optimizer, dp=dp, seed=plan.seed, evaluate=evaluate, probe=probe, desc=desc
+    )
 
 
 def reference_accuracy(plan: Plan, *, dp: DPSGDConfig | None) -> tuple[float | None, bool]:
@@ -165,7 +161,17 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     def evaluate(model: torch.nn.Module) -> dict:
         return M.evaluate(model, data.x_test, data.y_test, attack=plan.attack, triggered=triggered)
 
-    result = _train(plan, poisoned.x, poisoned.y, dp=plan.dp, evaluate=evaluate, desc="train")
+    probe = None
+    if plan.telemetry.enabled:
+        probe = GradientProbe(
+            plan.telemetry,
+            x=poisoned.x,
+            y=poisoned.y,
+            is_poison=poisoned.is_poison,
+            clip=plan.dp.clip if plan.dp else None,
+            noise=plan.dp.noise if plan.dp else None,
+        )
+    result = _train(plan, poisoned.x, poisoned.y, dp=plan.dp, evaluate=evaluate, probe=probe, desc="train")
     acc_ref, _ = reference_accuracy(plan, dp=None)
     acc_ref_dp, _ = reference_accuracy(plan, dp=plan.dp) if plan.dp else (acc_ref, True)
 
@@ -204,8 +210,20 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     if cfg.save_model:
         atomic_write(output_dir / "model.pt", lambda fh: torch.save(model.state_dict(), fh), mode="wb")
     write_csv(output_dir / "history.csv", result.history)
+    if probe is not None:
+        write_original_exports(output_dir, result)
     write_json(output_dir / "metrics.json", metrics)
     return metrics
+
+
+def write_original_exports(output_dir: Path, result: TrainResult) -> None:
+    """Telemetry in the original tool's formats, beside history.csv (and per-step rows if asked)."""
+    mextracts, aextracts = original_exports(result.history)
+    if mextracts:
+        atomic_write(output_dir / "mextracts_epoch.csv", lambda fh: fh.write("".join(f"{r}\n" for r in mextracts)))
+        atomic_write(output_dir / "aextracts_epoch.csv", lambda fh: fh.write("".join(f"{r}\n" for r in aextracts)))
+    if result.step_telemetry:
+        write_csv(output_dir / "telemetry.csv", result.step_telemetry)
 
 
 def run_id(cfg: DictConfig) -> str:

@@ -12,6 +12,7 @@ accountant; with ``optimizer=adam`` the same wrapper gives DP-Adam.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gsdefense.errors import ConfigError
 from gsdefense.registry import Registry
+
+# Opacus' full backward hooks fire on the first layer although inputs need no grad: harmless, and noisy.
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
+warnings.filterwarnings("ignore", message="Secure RNG turned off")
 
 DP: Registry[object] = Registry("dp")
 ACCOUNTANTS = ("rdp", "prv", "gdp")

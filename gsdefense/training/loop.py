@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gsdefense.telemetry import GradientProbe
 from gsdefense.training.dp import DPSGDConfig, make_private
 from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig
 
@@ -33,6 +34,7 @@ class TrainResult:
     status: str = "ok"  # ok | diverged
     diverged_epoch: int | None = None
     epsilon: float | None = None
+    step_telemetry: list[dict] = field(default_factory=list)  # rows every ``every_n_steps`` steps
 
 
 def _epochs(total: int, desc: str):
@@ -62,12 +64,14 @@ def train(
     dp: DPSGDConfig | None,
     seed: int,
     evaluate: Evaluate | None = None,
+    probe: GradientProbe | None = None,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` on ``(x, y)`` for ``optimizer_cfg.epochs`` epochs.
 
     ``evaluate(model)`` runs after each epoch; its keys join that epoch's row in
-    the history. A non-finite epoch loss stops training with status ``diverged``.
+    the history, as do ``probe``'s gradient telemetry columns. A non-finite epoch
+    loss stops training with status ``diverged``.
     """
     device = x.device
     n = len(y)
@@ -75,6 +79,8 @@ def train(
     optimizer = OPTIMIZERS.builder(optimizer_cfg)(optimizer_cfg, model.parameters())
     private = None
     module = model
+    if probe is not None:
+        probe.attach(model)
     if dp is not None:
         noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
         private = make_private(
@@ -84,6 +90,8 @@ def train(
 
     result = TrainResult(model=model)
     start = time.perf_counter()
+    step = 0
+    probe_every = probe.cfg.every_n_steps if probe is not None else None
     for epoch in _epochs(optimizer_cfg.epochs, desc):
         module.train()
         if private is None:
@@ -104,6 +112,9 @@ def train(
                 loss = out.sum() * 0.0
             loss.backward()
             optimizer.step()
+            step += 1
+            if probe_every and step % probe_every == 0:
+                result.step_telemetry.append({"epoch": epoch, "step": step, **probe.measure(model)})
         train_loss = (loss_sum / max(seen, 1)).item()
         row: dict[str, float | int | None] = {"epoch": epoch, "train_loss": train_loss}
         row["seconds"] = time.perf_counter() - start
@@ -119,6 +130,8 @@ def train(
             module.eval()
             with torch.no_grad():
                 row.update(evaluate(model))
+        if probe is not None and (epoch % probe.cfg.every_n_epochs == 0 or epoch == optimizer_cfg.epochs):
+            row.update(probe.measure(model))
         result.history.append(row)
         if not sys.stderr.isatty():
             shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))

@@ -1,0 +1,109 @@
+"""Gradient telemetry matches a naive per-sample loop and respects the run's shaping."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gsdefense.run import run
+from gsdefense.telemetry import COLUMNS, GradientProbe, TelemetryConfig
+from tests.conftest import TINY, compose_cfg
+
+
+def _data(n_poison: int = 6):
+    torch.manual_seed(0)
+    x = torch.randn(30, 5)
+    y = torch.randint(0, 3, (30,))
+    is_poison = torch.zeros(30, dtype=torch.bool)
+    is_poison[:n_poison] = True
+    x[is_poison] *= 4  # poisons with larger gradients, as in the paper
+    return x, y, is_poison
+
+
+def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    rows = []
+    for xi, yi in zip(x, y):
+        grads = torch.autograd.grad(F.cross_entropy(model(xi[None]), yi[None]), list(model.parameters()))
+        rows.append(torch.cat([g.flatten() for g in grads]))
+    return torch.stack(rows)
+
+
+def test_raw_statistics_match_a_naive_loop():
+    x, y, is_poison = _data()
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    probe = GradientProbe(TelemetryConfig(probe_size=50), x=x, y=y, is_poison=is_poison, clip=None, noise=None)
+    out = probe.measure(model)
+    g_c, g_p = _naive(model, x[~is_poison], y[~is_poison]), _naive(model, x[is_poison], y[is_poison])
+    m_c, m_p = g_c.mean(0), g_p.mean(0)
+    assert out["grad_norm_clean"] == pytest.approx(m_c.norm().item(), rel=1e-4)
+    assert out["grad_norm_poison"] == pytest.approx(m_p.norm().item(), rel=1e-4)
+    assert out["grad_ratio"] == pytest.approx((m_p.norm() / m_c.norm()).item(), rel=1e-4)
+    assert out["grad_cosine"] == pytest.approx(F.cosine_similarity(m_c, m_p, dim=0).item(), abs=1e-4)
+    assert out["sample_norm_ratio"] == pytest.approx((g_p.norm(dim=1).mean() / g_c.norm(dim=1).mean()).item(), rel=1e-4)
+    # vanilla: shaping is the identity
+    assert out["shaped_grad_ratio"] == pytest.approx(out["grad_ratio"], rel=1e-5)
+    assert out["shaped_grad_cosine"] == pytest.approx(out["grad_cosine"], abs=1e-5)
+
+
+def test_shaped_means_are_means_of_clipped_gradients_bounded_by_clip():
+    x, y, is_poison = _data()
+    model = nn.Sequential(nn.Linear(5, 3))
+    clip = 1e-3
+    probe = GradientProbe(TelemetryConfig(probe_size=50), x=x, y=y, is_poison=is_poison, clip=clip, noise=0.0)
+    out = probe.measure(model)
+    g_p = _naive(model, x[is_poison], y[is_poison])
+    assert (g_p.norm(dim=1) > clip).all(), "every sample is clipped at this clip"
+    clipped = g_p * (clip / g_p.norm(dim=1, keepdim=True))
+    assert (clipped.norm(dim=1) <= clip * (1 + 1e-5)).all()
+    assert out["shaped_grad_norm_poison"] == pytest.approx(clipped.mean(0).norm().item(), rel=1e-3)
+    assert out["shaped_grad_norm_poison"] <= clip + 1e-9 and out["shaped_grad_norm_clean"] <= clip + 1e-9
+    # clipping equalises magnitudes: the poison/clean gap shrinks
+    assert out["shaped_grad_ratio"] < out["grad_ratio"]
+
+
+def test_noise_has_std_noise_times_clip_over_subset_size():
+    x, y, is_poison = _data(n_poison=0)
+    model = nn.Linear(5, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    quiet = GradientProbe(TelemetryConfig(probe_size=30), x=x, y=y, is_poison=is_poison, clip=0.5, noise=0.0)
+    noisy = GradientProbe(TelemetryConfig(probe_size=30), x=x, y=y, is_poison=is_poison, clip=0.5, noise=2.0)
+    g, n = quiet._per_sample(model, quiet.clean_idx)
+    draws = torch.stack([noisy._shaped_mean(g, n) - quiet._shaped_mean(g, n) for _ in range(400)])
+    assert draws.std().item() == pytest.approx(2.0 * 0.5 / 30, rel=0.06)
+
+
+def test_poison_columns_are_empty_without_poisons(tmp_path):
+    run(compose_cfg(*TINY, "attack=none", "dp=none"), output_dir=tmp_path)
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert set(COLUMNS) <= rows[0].keys()
+    for row in rows:
+        assert row["grad_norm_poison"] == "" and row["grad_ratio"] == "" and row["poison_train_acc"] == ""
+        assert float(row["grad_norm_clean"]) > 0
+    assert not (tmp_path / "mextracts_epoch.csv").exists()
+
+
+def test_run_writes_history_columns_and_original_exports(tmp_path):
+    metrics = run(compose_cfg(*TINY, "telemetry.every_n_steps=5"), output_dir=tmp_path)
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    mextracts = (tmp_path / "mextracts_epoch.csv").read_text().splitlines()
+    aextracts = (tmp_path / "aextracts_epoch.csv").read_text().splitlines()
+    assert len(rows) == len(mextracts) == len(aextracts) == 2
+    clean, poison = map(float, mextracts[0].split(","))
+    assert clean == pytest.approx(float(rows[0]["shaped_grad_norm_clean"]))
+    assert poison == pytest.approx(float(rows[0]["shaped_grad_norm_poison"]))
+    assert float(aextracts[1]) == pytest.approx(float(rows[1]["shaped_grad_cosine"]))
+    steps = list(csv.DictReader((tmp_path / "telemetry.csv").open()))
+    assert [int(r["step"]) for r in steps] == list(range(5, 5 * len(steps) + 1, 5)) and len(steps) >= 2
+    assert metrics["status"] == "ok"
+
+
+def test_telemetry_does_not_change_training(tmp_path):
+    on = run(compose_cfg(*TINY), output_dir=tmp_path / "on")
+    off = run(compose_cfg(*TINY, "telemetry.enabled=false"), output_dir=tmp_path / "off")
+    assert on["clean_acc"] == off["clean_acc"] and on["train_loss"] == off["train_loss"]
