@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from gsdefense.errors import ConfigError
 from gsdefense.io import atomic_write, write_csv, write_json
 from gsdefense.models import MODELS, build_model
 from gsdefense.telemetry import GradientProbe, TelemetryConfig, original_exports, telemetry_config
+from gsdefense.training.checkpoint import Checkpointer, checkpoint_config
 from gsdefense.training.dp import DPSGDConfig, dp_config
 from gsdefense.training.loop import TrainResult, train
 from gsdefense.training.optim import OPTIMIZERS, check_schedule
@@ -36,9 +38,9 @@ from gsdefense.training.optim import OPTIMIZERS, check_schedule
 log = logging.getLogger(__name__)
 
 TOP_LEVEL_KEYS = {"dataset", "model", "attack", "defense", "optimizer", "dp", "telemetry", "seed", "device"}
-TOP_LEVEL_KEYS |= {"cache_dir", "save_model"}
+TOP_LEVEL_KEYS |= {"cache_dir", "save_model", "resume", "checkpoint"}
 # Keys that say where or how a run executes, not what it computes: left out of run_id.
-NOT_IN_RUN_ID = {"hydra", "cache_dir", "save_model"}
+NOT_IN_RUN_ID = {"hydra", "cache_dir", "save_model", "resume", "checkpoint"}
 NO_DP_NOTE = "no DP: vanilla training has no privacy guarantee"
 
 
@@ -123,11 +125,9 @@ def _build(plan: Plan) -> torch.nn.Module:
     return model.to(plan.device)
 
 
-def _train(plan: Plan, x, y, *, dp: DPSGDConfig | None, evaluate=None, probe=None, desc: str) -> TrainResult:
-    model = _build(plan)
-    return train(
-        model, x, y, optimizer_cfg=plan.optimizer, dp=dp, seed=plan.seed, evaluate=evaluate, probe=probe, desc=desc
-    )
+def _train(plan: Plan, x, y, *, dp: DPSGDConfig | None, desc: str, **hooks) -> TrainResult:
+    """Train a freshly initialised model; ``hooks``: evaluate, probe, checkpointer."""
+    return train(_build(plan), x, y, optimizer_cfg=plan.optimizer, dp=dp, seed=plan.seed, desc=desc, **hooks)
 
 
 def reference_accuracy(plan: Plan, *, dp: DPSGDConfig | None) -> tuple[float | None, bool]:
@@ -147,10 +147,35 @@ def reference_accuracy(plan: Plan, *, dp: DPSGDConfig | None) -> tuple[float | N
     return entry["clean_acc"], hit
 
 
+def completed(output_dir: Path, ident: str) -> dict[str, Any] | None:
+    """The metrics of a finished, successful run of this exact config in ``output_dir``, if any."""
+    path = output_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return metrics if metrics.get("status") == "ok" and metrics.get("run_id") == ident else None
+
+
 def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
-    """Run one experiment; returns (and writes) its metrics."""
+    """Run one experiment; returns (and writes) its metrics.
+
+    With ``resume: true`` a run whose complete ``status: ok`` metrics.json (same
+    run_id) is already in ``output_dir`` is skipped, and an interrupted run
+    continues from its last checkpoint.
+    """
     start = time.perf_counter()
     output_dir = Path(output_dir)
+    ident = run_id(cfg)
+    if cfg.resume and (done := completed(output_dir, ident)) is not None:
+        log.info("run %s is already complete in %s; skipping (resume=false recomputes)", ident, output_dir)
+        return done
+    checkpointer = None
+    checkpoint = checkpoint_config(cfg.checkpoint)
+    if checkpoint.every_n_epochs:
+        checkpointer = Checkpointer(output_dir / "checkpoint.pt", every_n_epochs=checkpoint.every_n_epochs, tag=ident)
+        if not cfg.resume:
+            checkpointer.clear()
     plan = prepare(cfg)
     data = plan.data
     gen = torch.Generator().manual_seed(plan.seed)
@@ -171,7 +196,16 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
             clip=plan.dp.clip if plan.dp else None,
             noise=plan.dp.noise if plan.dp else None,
         )
-    result = _train(plan, poisoned.x, poisoned.y, dp=plan.dp, evaluate=evaluate, probe=probe, desc="train")
+    result = _train(
+        plan,
+        poisoned.x,
+        poisoned.y,
+        dp=plan.dp,
+        evaluate=evaluate,
+        probe=probe,
+        checkpointer=checkpointer,
+        desc="train",
+    )
     acc_ref, _ = reference_accuracy(plan, dp=None)
     acc_ref_dp, _ = reference_accuracy(plan, dp=plan.dp) if plan.dp else (acc_ref, True)
 
@@ -179,7 +213,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     model, clean = result.model, ~poisoned.is_poison
     ok = result.status == "ok"
     metrics: dict[str, Any] = {
-        "run_id": run_id(cfg),
+        "run_id": ident,
         "status": result.status,
         "error": None if ok else f"loss became non-finite at epoch {result.diverged_epoch}",
         "diverged_epoch": result.diverged_epoch,
@@ -213,6 +247,8 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     if probe is not None:
         write_original_exports(output_dir, result)
     write_json(output_dir / "metrics.json", metrics)
+    if checkpointer is not None:
+        checkpointer.clear()  # the run is complete; model.pt keeps the weights
     return metrics
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gsdefense.telemetry import GradientProbe
+from gsdefense.training.checkpoint import Checkpointer
 from gsdefense.training.dp import DPSGDConfig, make_private
 from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig
 
@@ -37,12 +38,12 @@ class TrainResult:
     step_telemetry: list[dict] = field(default_factory=list)  # rows every ``every_n_steps`` steps
 
 
-def _epochs(total: int, desc: str):
+def _epochs(first: int, total: int, desc: str):
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        return tqdm(range(1, total + 1), desc=desc, leave=False)
-    return range(1, total + 1)
+        return tqdm(range(first, total + 1), desc=desc, leave=False, initial=first - 1, total=total)
+    return range(first, total + 1)
 
 
 def _vanilla_batches(n: int, batch_size: int, *, generator: torch.Generator, device: torch.device):
@@ -65,13 +66,15 @@ def train(
     seed: int,
     evaluate: Evaluate | None = None,
     probe: GradientProbe | None = None,
+    checkpointer: Checkpointer | None = None,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` on ``(x, y)`` for ``optimizer_cfg.epochs`` epochs.
 
     ``evaluate(model)`` runs after each epoch; its keys join that epoch's row in
     the history, as do ``probe``'s gradient telemetry columns. A non-finite epoch
-    loss stops training with status ``diverged``.
+    loss stops training with status ``diverged``. With ``checkpointer``, training
+    resumes from its last checkpoint and saves a new one every few epochs.
     """
     device = x.device
     n = len(y)
@@ -79,6 +82,7 @@ def train(
     optimizer = OPTIMIZERS.builder(optimizer_cfg)(optimizer_cfg, model.parameters())
     private = None
     module = model
+    noise_gen = None
     if probe is not None:
         probe.attach(model)
     if dp is not None:
@@ -90,9 +94,22 @@ def train(
 
     result = TrainResult(model=model)
     start = time.perf_counter()
-    step = 0
+    step, first_epoch = 0, 1
+    generators = {"sampler": sampler, "noise": noise_gen, "probe_noise": probe.noise_gen if probe else None}
+    state = checkpointer.load() if checkpointer is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if private is not None:
+            private.engine.accountant.load_state_dict(state["accountant"])
+        for name, gen in generators.items():
+            if gen is not None:
+                gen.set_state(state[name])
+        result.history, result.step_telemetry = state["history"], state["step_telemetry"]
+        result.epsilon, step, first_epoch = state["epsilon"], state["step"], state["epoch"] + 1
+        start -= state["seconds"]
     probe_every = probe.cfg.every_n_steps if probe is not None else None
-    for epoch in _epochs(optimizer_cfg.epochs, desc):
+    for epoch in _epochs(first_epoch, optimizer_cfg.epochs, desc):
         module.train()
         if private is None:
             batches = _vanilla_batches(n, optimizer_cfg.batch_size, generator=sampler, device=device)
@@ -133,6 +150,21 @@ def train(
         if probe is not None and (epoch % probe.cfg.every_n_epochs == 0 or epoch == optimizer_cfg.epochs):
             row.update(probe.measure(model))
         result.history.append(row)
+        if checkpointer is not None and (checkpointer.due(epoch) or epoch == optimizer_cfg.epochs):
+            checkpointer.save(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "seconds": time.perf_counter() - start,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "accountant": private.engine.accountant.state_dict() if private else None,
+                    "history": result.history,
+                    "step_telemetry": result.step_telemetry,
+                    "epsilon": result.epsilon,
+                    **{name: gen.get_state() for name, gen in generators.items() if gen is not None},
+                }
+            )
         if not sys.stderr.isatty():
             shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
             log.info("%s epoch %d/%d %s", desc, epoch, optimizer_cfg.epochs, shown)
