@@ -41,7 +41,8 @@ def seconds(model_name: str, *, poisoned, data, dp: DPSGDConfig | None, epochs: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     args = parser.parse_args()
     print(f"threads={torch.get_num_threads()} epochs={args.epochs} repeats={args.repeats} probe=64+64 per epoch")
     print(f"{'data':<14} {'model':<5} {'dp':<6} {'plain s':>8} {'telemetry s':>12} {'overhead':>9}")
@@ -49,7 +50,7 @@ def main() -> None:
         attack = build_attack(OmegaConf.create({"name": "badnets"}))
         attack.validate(data)
         poisoned = attack.poison(data, generator=torch.Generator().manual_seed(0))
-        for name in ("mlp", "cnn"):
+        for name in args.models:
             for dp in (None, DPSGDConfig()):
                 kw = dict(poisoned=poisoned, data=data, dp=dp, epochs=args.epochs)
                 seconds(name, telemetry=True, **kw)  # warm-up
@@ -59,7 +60,7 @@ def main() -> None:
                     on.append(seconds(name, telemetry=True, **kw))
                 a, b = statistics.median(off), statistics.median(on)
                 row = f"{label:<14} {name:<5} {'dpsgd' if dp else 'none':<6} {a:>8.3f} {b:>12.3f}"
-                print(f"{row} {100 * (b / a - 1):>8.1f}%")
+                print(f"{row} {100 * (b / a - 1):>8.1f}%", flush=True)
 
 
 def datasets():
