@@ -30,8 +30,8 @@ SAME = ["clean_acc", "asr", "train_loss", "clean_train_loss", "epsilon", "rad", 
 def test_resume_skips_a_completed_run_and_resume_false_recomputes(tmp_path, monkeypatch):
     first = run(compose_cfg(*TINY), output_dir=tmp_path)
     calls = []
-    real = run_module._train
-    monkeypatch.setattr(run_module, "_train", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+    real = run_module.fit
+    monkeypatch.setattr(run_module, "fit", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
     again = run(compose_cfg(*TINY), output_dir=tmp_path)
     assert calls == [] and again == first
     changed = run(compose_cfg(*TINY, "dp.clip=0.5"), output_dir=tmp_path)  # other run_id in the same dir

@@ -68,8 +68,8 @@ def test_label_flip_hurts_accuracy_and_has_no_asr(tmp_path):
 
 def test_second_run_reuses_cached_references(tmp_path, monkeypatch):
     calls = []
-    real = run_module._train
-    monkeypatch.setattr(run_module, "_train", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+    real = run_module.fit
+    monkeypatch.setattr(run_module, "fit", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
     _run(tmp_path / "a")
     assert calls == ["train", "reference", "reference-dp"]
     calls.clear()

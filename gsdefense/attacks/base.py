@@ -26,6 +26,7 @@ class RunContext:
     model_name: str
     model_node: Any = None  # the victim's ``model`` config node
     optimizer: Any = None  # the victim's typed optimizer config (lr, batch_size, epochs …)
+    scenario: str = "scratch"  # scratch | retrain (see gsdefense.scenario)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gsdefense.errors import ConfigError
 from gsdefense.registry import Registry
+from gsdefense.training.adaptive import AdaptiveDPConfig, AdaptiveDPOptimizer
 
 # Opacus' full backward hooks fire on the first layer although inputs need no grad: harmless, and noisy.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -51,6 +52,7 @@ def _no_dp(cfg: NoDPConfig) -> None:
     return None
 
 
+@DP.register("adaptive", AdaptiveDPConfig)
 @DP.register("dpsgd", DPSGDConfig)
 def _dpsgd(cfg: DPSGDConfig) -> DPSGDConfig:
     if not cfg.clip > 0:
@@ -68,7 +70,7 @@ def _dpsgd(cfg: DPSGDConfig) -> DPSGDConfig:
     return cfg
 
 
-def dp_config(node) -> DPSGDConfig | None:
+def dp_config(node) -> DPSGDConfig | AdaptiveDPConfig | None:
     """The validated DP settings, or None for vanilla training."""
     return DP.builder(node)(DP.config(node))
 
@@ -82,8 +84,11 @@ class PrivateTraining:
     engine: PrivacyEngine
     sample_rate: float
     delta: float
+    adaptive: bool = False
 
-    def epsilon(self) -> float:
+    def epsilon(self) -> float | None:
+        if self.adaptive:
+            return None
         return float(self.engine.get_epsilon(self.delta))
 
 
@@ -91,7 +96,7 @@ def make_private(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     *,
-    cfg: DPSGDConfig,
+    cfg: DPSGDConfig | AdaptiveDPConfig,
     n_train: int,
     batch_size: int,
     noise_generator: torch.Generator,
@@ -114,6 +119,24 @@ def make_private(
         noise_generator=noise_generator,
         grad_sample_mode=cfg.grad_sample_mode,
     )
+    sample_rate = 1.0 / len(loader)
+    adaptive = isinstance(cfg, AdaptiveDPConfig)
+    if adaptive:
+        # Same clipping and noise machinery, only the noise std changes per epoch.
+        dp_optimizer = AdaptiveDPOptimizer(
+            dp_optimizer.original_optimizer,
+            noise_multiplier=cfg.noise,
+            max_grad_norm=cfg.clip,
+            expected_batch_size=dp_optimizer.expected_batch_size,
+            generator=noise_generator,
+            base_noise=cfg.noise,
+        )
+        dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     return PrivateTraining(
-        module=module, optimizer=dp_optimizer, engine=engine, sample_rate=1.0 / len(loader), delta=cfg.delta
+        module=module,
+        optimizer=dp_optimizer,
+        engine=engine,
+        sample_rate=sample_rate,
+        delta=cfg.delta,
+        adaptive=adaptive,
     )

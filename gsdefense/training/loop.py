@@ -36,6 +36,7 @@ class TrainResult:
     diverged_epoch: int | None = None
     epsilon: float | None = None
     step_telemetry: list[dict] = field(default_factory=list)  # rows every ``every_n_steps`` steps
+    accountant_history: list = field(default_factory=list)
 
 
 def _epochs(first: int, total: int, desc: str):
@@ -67,6 +68,8 @@ def train(
     evaluate: Evaluate | None = None,
     probe: GradientProbe | None = None,
     checkpointer: Checkpointer | None = None,
+    accountant_history: list | None = None,
+    keep_accountant: bool = False,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` on ``(x, y)`` for ``optimizer_cfg.epochs`` epochs.
@@ -75,6 +78,8 @@ def train(
     the history, as do ``probe``'s gradient telemetry columns. A non-finite epoch
     loss stops training with status ``diverged``. With ``checkpointer``, training
     resumes from its last checkpoint and saves a new one every few epochs.
+    ``accountant_history`` seeds the DP accountant with earlier private phases;
+    ``keep_accountant`` returns its history in ``result.accountant_history``.
     """
     device = x.device
     n = len(y)
@@ -91,6 +96,8 @@ def train(
             model, optimizer, cfg=dp, n_train=n, batch_size=optimizer_cfg.batch_size, noise_generator=noise_gen
         )
         module, optimizer = private.module, private.optimizer
+        if accountant_history:
+            private.engine.accountant.history = [tuple(h) for h in accountant_history]
 
     result = TrainResult(model=model)
     start = time.perf_counter()
@@ -102,6 +109,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         if private is not None:
             private.engine.accountant.load_state_dict(state["accountant"])
+            if hasattr(optimizer, "load_extra_state"):
+                optimizer.load_extra_state(state["optimizer_extra"])
         for name, gen in generators.items():
             if gen is not None:
                 gen.set_state(state[name])
@@ -137,6 +146,9 @@ def train(
         row["seconds"] = time.perf_counter() - start
         if private is not None:
             result.epsilon = private.epsilon()
+            row["noise_std"] = optimizer.noise_multiplier * optimizer.max_grad_norm  # the std used this epoch
+            if hasattr(optimizer, "end_epoch"):
+                optimizer.end_epoch()
         row["epsilon"] = result.epsilon
         if not math.isfinite(train_loss) or not all(torch.isfinite(p).all() for p in model.parameters()):
             result.status, result.diverged_epoch = "diverged", epoch
@@ -159,6 +171,7 @@ def train(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "accountant": private.engine.accountant.state_dict() if private else None,
+                    "optimizer_extra": optimizer.extra_state() if hasattr(optimizer, "extra_state") else None,
                     "history": result.history,
                     "step_telemetry": result.step_telemetry,
                     "epsilon": result.epsilon,
@@ -169,6 +182,8 @@ def train(
             shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
             log.info("%s epoch %d/%d %s", desc, epoch, optimizer_cfg.epochs, shown)
     if private is not None:
+        if keep_accountant:
+            result.accountant_history = [list(h) for h in private.engine.accountant.history]
         module._close()  # drop Opacus hooks so the plain model can be evaluated and saved
     model.eval()
     return result
