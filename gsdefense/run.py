@@ -161,6 +161,8 @@ def _run_targeted(plan: Plan, output_dir: Path) -> dict:
     trials = TrialRunner(plan=plan, pre=pre, dp=dp if scenario.retrain_private else None,
                          acc_ref=reference_accuracy(plan, dp=None), epsilon_note=epsilon_note(plan))  # fmt: skip
     extra = plan.attack.evaluate(data=plan.data, context=plan.context, trials=trials, output_dir=output_dir)
+    if trials.dp is None:  # only pretraining was private (or nothing was)
+        extra["epsilon"] = pre.epsilon
     return {"status": "ok", "error": None, **extra, "epsilon_note": epsilon_note(plan),
             "delta": dp.delta if dp else None}  # fmt: skip
 

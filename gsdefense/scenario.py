@@ -183,5 +183,6 @@ class TrialRunner:
         x = torch.cat([data.x_train, x_extra.to(data.x_train.device)])
         y = torch.cat([data.y_train, y_extra.to(data.y_train.device)])
         optimizer = dataclasses.replace(self.plan.optimizer, epochs=self.plan.scenario.retrain_epochs)
+        history = self.pre.accountant_history if self.dp else None  # epsilon covers both private phases
         return train(self.pretrained_model().train(), x, y, optimizer_cfg=optimizer, dp=self.dp, seed=self.plan.seed,
-                     evaluate=evaluate, desc=desc)  # fmt: skip
+                     evaluate=evaluate, desc=desc, accountant_history=history)  # fmt: skip

@@ -51,3 +51,10 @@ DEFENSES.register("none", NoDefenseConfig)(NoDefense)
 
 def build_defense(node: Any) -> Defense:
     return DEFENSES.builder(node)(DEFENSES.config(node))
+
+
+# Imported last: sphere_slab subclasses Defense and uses keep(), both defined above.
+from gsdefense.defenses.sphere_slab import SlabConfig, SphereConfig, SphereSlab  # noqa: E402
+
+DEFENSES.register("sphere", SphereConfig)(SphereSlab)
+DEFENSES.register("slab", SlabConfig)(SphereSlab)

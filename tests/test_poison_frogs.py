@@ -1,0 +1,240 @@
+"""Poison Frogs: forward-backward crafting, the RAD-aware success rule, bad input, and an end-to-end run."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from gsdefense.attacks import RunContext, build_attack
+from gsdefense.attacks import frogs_craft as fc
+from gsdefense.attacks.poison_frogs import first_success, ranked
+from gsdefense.data import load_dataset
+from gsdefense.errors import ConfigError
+from gsdefense.models import build_model
+from gsdefense.run import run
+from gsdefense.training.loop import TrainResult, train
+from gsdefense.training.optim import SGDConfig
+from tests.conftest import compose_cfg
+
+# Digits 9 and 7 are close in pixel space, so a single clean-label poison can flip a 9 (see the e2e test).
+E2E = ["attack=poison_frogs", "scenario=retrain", "dp=none", "telemetry.enabled=false", "save_model=false",
+       "attack.target_true_class=9", "attack.base_class=7", "attack.beta=0.1", "attack.n_targets=3",
+       "attack.max_poisons=3", "attack.max_iters=300"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(OmegaConf.create({"name": "digits"}), seed=0)
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits):
+    torch.manual_seed(0)
+    node = OmegaConf.create({"name": "mlp", "hidden": 32})
+    model = build_model(node, input_shape=digits.input_shape, num_classes=10, mean=digits.mean, std=digits.std)
+    return train(model, digits.x_train, digits.y_train, optimizer_cfg=SGDConfig(epochs=5), dp=None, seed=0).model
+
+
+def _attack(**keys):
+    return build_attack(OmegaConf.create({"name": "poison_frogs", **keys}))
+
+
+def _context(tmp_path: Path, scenario: str = "retrain") -> RunContext:
+    return RunContext(seed=0, device=torch.device("cpu"), cache_dir=tmp_path / "cache", model_name="mlp",
+                      scenario=scenario)  # fmt: skip
+
+
+@dataclass
+class FakeTrials:
+    """The TrialRunner interface with scripted per-epoch rows: ``script(call_index) -> list of rows``."""
+
+    model: torch.nn.Module
+    script: object
+    acc_ref: float | None = 0.9
+    calls: list = field(default_factory=list)
+
+    def pretrained_model(self) -> torch.nn.Module:
+        return self.model
+
+    def retrain(self, x_extra, y_extra, *, evaluate=None, desc="trial") -> TrainResult:
+        self.calls.append((x_extra.clone(), y_extra.clone()))
+        rows = [{"epoch": e + 1, **row} for e, row in enumerate(self.script(len(self.calls) - 1))]
+        return TrainResult(model=self.model, history=rows)
+
+
+# --- crafting -----------------------------------------------------------------------------------------------
+
+
+def test_proximal_step_is_the_closed_form_minimiser():
+    gen = torch.Generator().manual_seed(0)
+    x_hat, base = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
+    lam, beta = 0.3, 2.0
+    p = fc.proximal_step(x_hat, base, step=lam, beta=beta)
+    assert torch.allclose(p, (x_hat + lam * beta * base) / (1 + lam * beta))
+    # p minimises (β/2)‖x − b‖² + ‖x − x̂‖²/(2λ): its gradient vanishes there and every perturbation costs more.
+    x = p.clone().requires_grad_(True)
+    cost = 0.5 * beta * (x - base).pow(2).sum() + (x - x_hat).pow(2).sum() / (2 * lam)
+    (grad,) = torch.autograd.grad(cost, x)
+    assert grad.abs().max() < 1e-5
+    with torch.no_grad():
+        for _ in range(10):
+            y = p + 0.01 * torch.randn(p.shape, generator=gen)
+            assert 0.5 * beta * (y - base).pow(2).sum() + (y - x_hat).pow(2).sum() / (2 * lam) > cost
+
+
+def test_feature_extractor_drops_the_classifier_head(digits, pretrained):
+    f = fc.feature_extractor(pretrained)
+    x = digits.x_test[:4]
+    hidden = pretrained[1][:-1](pretrained[0](x))  # Normalize, then Flatten-Linear-ReLU
+    assert torch.allclose(f(x), hidden)
+    assert pretrained(x).shape == (4, 10)  # the victim model itself is untouched
+    node = OmegaConf.create({"name": "lr"})
+    lr = build_model(node, input_shape=digits.input_shape, num_classes=10, mean=digits.mean, std=digits.std)
+    assert torch.allclose(fc.feature_extractor(lr)(x), ((x - digits.mean.view(1, -1, 1, 1)) / digits.std).flatten(1))
+
+
+def test_crafting_pulls_features_to_the_target_and_stays_in_the_box(digits, pretrained):
+    f = fc.feature_extractor(pretrained)
+    target = digits.x_test[digits.y_test == 9][0]
+    bases = digits.x_test[digits.y_test == 7][:6]
+    start = (fc.features(f, bases) - fc.features(f, target[None])).norm(dim=1)
+    dists, objectives = [], []
+    for iters in (1, 20, 200):
+        out = fc.craft(f, target, bases, step_size=0.01, beta=0.1, max_iters=iters, box=(0.0, 1.0))
+        assert out.poisons.min() >= 0.0 and out.poisons.max() <= 1.0
+        assert out.poisons.shape == bases.shape
+        dists.append(out.feature_distance)
+        objectives.append(out.feature_distance**2 + 0.05 * out.perturbation**2)
+        measured = (fc.features(f, out.poisons) - fc.features(f, target[None])).norm(dim=1)
+        assert torch.allclose(measured, out.feature_distance, atol=1e-4)
+    # The objective never rises (rejected steps), and the feature distance falls well below its start.
+    assert (objectives[1] <= objectives[0] + 1e-5).all() and (objectives[2] <= objectives[1] + 1e-5).all()
+    assert (dists[2] < 0.5 * start).all()
+
+
+# --- evaluation with scripted trials ------------------------------------------------------------------------
+
+
+def _flip(rad_ok: bool):
+    """Epoch 1: target correct at full accuracy; epoch 2: target flipped to 7, accuracy 0.9 or 0.8."""
+    acc = 0.9 * (1 - 0.01) if rad_ok else 0.9 * (1 - 0.2)  # RAD 0.01 or 0.2 against acc_ref 0.9
+    return lambda call: [{"clean_acc": 0.9, "target_pred": 9}, {"clean_acc": acc, "target_pred": 7, "prob_base": 0.6}]
+
+
+def test_first_success_requires_rad_below_the_threshold():
+    rows = [{"epoch": 1, "clean_acc": 0.5, "target_pred": 7}, {"epoch": 2, "clean_acc": 0.89, "target_pred": 7}]
+    assert first_success(rows, base_class=7, acc_ref=0.9, max_rad=0.05)["epoch"] == 2
+    assert first_success(rows[:1], base_class=7, acc_ref=0.9, max_rad=0.05) is None
+    assert first_success(rows, base_class=7, acc_ref=None, max_rad=0.05) is None  # RAD undefined never counts
+
+
+@pytest.mark.parametrize("rad_ok", [False, True])
+def test_a_flip_counts_only_at_an_epoch_with_small_rad(tmp_path, digits, pretrained, rad_ok):
+    attack = _attack(target_true_class=9, base_class=7, n_targets=2, max_poisons=3, max_iters=50, beta=0.1,
+                     max_feature_distance=None)  # fmt: skip
+    trials = FakeTrials(pretrained, _flip(rad_ok))
+    metrics = attack.evaluate(data=digits, context=_context(tmp_path), trials=trials, output_dir=tmp_path)
+    rows = list(csv.DictReader((tmp_path / "targets.csv").open()))
+    assert len(rows) == 2 and metrics["n_targets"] == 2
+    if rad_ok:
+        assert metrics["asr"] == 1.0 and metrics["n_trials"] == 2  # stops at each target's first success
+        assert all(r["success"] == "True" and r["success_epoch"] == "2" and r["poisons_used"] == "1" for r in rows)
+        assert metrics["mean_poisons_needed"] == 1.0
+    else:
+        assert metrics["asr"] == 0.0 and metrics["n_trials"] == 6 and metrics["mean_poisons_needed"] is None
+        assert all(r["success"] == "False" for r in rows)
+    assert metrics["rad"] == pytest.approx(0.01 if rad_ok else 0.2)
+
+
+@pytest.mark.parametrize("mode", ["oneshot", "multipoison"])
+def test_trials_use_clean_labels_and_sorted_poisons(tmp_path, digits, pretrained, mode):
+    attack = _attack(mode=mode, target_true_class=9, base_class=7, n_targets=1, max_poisons=4, max_iters=50,
+                     beta=0.1, max_feature_distance=None)  # fmt: skip
+    trials = FakeTrials(pretrained, lambda call: [{"clean_acc": 0.9, "target_pred": 9}])
+    attack.evaluate(data=digits, context=_context(tmp_path), trials=trials, output_dir=tmp_path)
+    sizes = [len(y) for _, y in trials.calls]
+    assert sizes == ([1, 1, 1, 1] if mode == "oneshot" else [1, 2, 3, 4])
+    for x, y in trials.calls:
+        assert (y == 7).all() and x.min() >= 0 and x.max() <= 1
+    if mode == "multipoison":  # each trial extends the previous one's poisons
+        assert all(torch.equal(a[0], b[0][: len(a[0])]) for a, b in zip(trials.calls, trials.calls[1:]))
+
+
+def test_poisons_are_filtered_by_feature_distance_and_sorted_by_perturbation():
+    crafted = {
+        "feature_distance": torch.tensor([1.0, 5.0, 0.5, 3.5]),
+        "perturbation": torch.tensor([3.0, 0.1, 2.0, 1.0]),
+    }
+    assert ranked(crafted, max_feature_distance=3.5).tolist() == [3, 2, 0]
+    assert ranked(crafted, max_feature_distance=None).tolist() == [1, 3, 2, 0]
+
+
+def test_crafted_poisons_are_cached_across_runs(tmp_path, digits, pretrained, monkeypatch):
+    attack = _attack(target_true_class=9, base_class=7, n_targets=2, max_poisons=1, max_iters=20)
+    trials = FakeTrials(pretrained, lambda call: [{"clean_acc": 0.9, "target_pred": 9}])
+    attack.evaluate(data=digits, context=_context(tmp_path), trials=trials, output_dir=tmp_path)
+    monkeypatch.setattr(fc, "craft", lambda *a, **k: pytest.fail("crafted again"))
+    attack.evaluate(data=digits, context=_context(tmp_path), trials=trials, output_dir=tmp_path)
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+def test_needs_the_retrain_scenario(digits, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        _attack().validate(digits, context=_context(tmp_path, scenario="scratch"))
+    assert err.value.field == "scenario" and "scenario=retrain" in str(err.value)
+    with pytest.raises(ConfigError, match="scenario=retrain"):
+        run(compose_cfg("attack=poison_frogs"), output_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("keys", "field"),
+    [
+        ({"n_targets": 0}, "attack.n_targets"),
+        ({"n_targets": -3}, "attack.n_targets"),
+        ({"n_targets": 10_000}, "attack.n_targets"),
+        ({"base_class": 0, "target_true_class": 0}, "attack.base_class"),
+        ({"base_class": 10}, "attack.base_class"),
+        ({"mode": "many"}, "attack.mode"),
+        ({"max_iters": 0}, "attack.max_iters"),
+        ({"step_size": 0.0}, "attack.step_size"),
+        ({"max_feature_distance": -1.0}, "attack.max_feature_distance"),
+    ],
+)
+def test_bad_settings_name_the_field(digits, tmp_path, keys, field):
+    with pytest.raises(ConfigError) as err:
+        _attack(**keys).validate(digits, context=_context(tmp_path))
+    assert err.value.field == field
+
+
+# --- end to end ---------------------------------------------------------------------------------------------
+
+
+def test_end_to_end_oneshot_compromises_a_target_and_multipoison_counts_poisons(tmp_path):
+    # Tiny models train several times faster on one thread than on two contended ones.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _end_to_end(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _end_to_end(tmp_path):
+    out = tmp_path / "oneshot"
+    metrics = run(compose_cfg(*E2E), output_dir=out)
+    assert metrics["status"] == "ok" and metrics["n_targets"] == 3
+    assert metrics["asr"] > 0 and metrics["mean_poisons_needed"] == 1.0
+    assert 0 <= metrics["rad"] < 0.05 and metrics["seconds_per_target"] > 0
+    rows = list(csv.DictReader((out / "targets.csv").open()))
+    assert len(rows) == 3 and any(r["success"] == "True" for r in rows)
+    assert {"target_index", "success", "poisons_used", "success_epoch", "feature_distance", "prob_true",
+            "prob_base"} <= set(rows[0])  # fmt: skip
+    multi = run(compose_cfg(*E2E, "attack.mode=multipoison"), output_dir=tmp_path / "multi")
+    assert multi["asr"] >= metrics["asr"] and multi["mean_poisons_needed"] >= 1
