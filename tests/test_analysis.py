@@ -247,10 +247,10 @@ def test_figures_on_the_cli_sweep(runs: pd.DataFrame, sweep: Path) -> None:
     for make in (plots.asr_rad_vs_dp, plots.utility_heatmap, plots.privacy_tradeoff):
         _assert_drawn(make(runs))
     _assert_drawn(plots.training_curves(load_history(sweep)))
-    # One valid poison ratio, no telemetry, no moons: each says why, in one line.
+    _assert_drawn(plots.gradient_telemetry(load_history(sweep)))  # telemetry is on by default
+    # One valid poison ratio, no moons: each says why, in one line.
     cases = [
         (plots.rad_vs_poison_ratio, runs, "poison_ratio"),
-        (plots.gradient_telemetry, load_history(sweep), "grad_ratio"),
         (plots.decision_boundaries, runs, "moons"),
     ]
     for make, frame, reason in cases:

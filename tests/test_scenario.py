@@ -67,8 +67,9 @@ def test_adaptive_noise_follows_previous_epoch_mean_clipped_norm():
     torch.manual_seed(0)
     model = nn.Linear(6, 3)
     x, y = torch.randn(40, 6) * 2, torch.randint(0, 3, (40,))
-    private = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), cfg=AdaptiveDPConfig(clip=0.5, noise=2.0),
-                           n_train=40, batch_size=20, noise_generator=torch.Generator())  # fmt: skip
+    cfg = AdaptiveDPConfig(clip=0.5, noise=2.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    private = make_private(model, opt, cfg=cfg, n_train=40, batch_size=20, noise_generator=torch.Generator())
     opt = private.optimizer
     assert opt.noise_std == pytest.approx(2.0 * 0.5)  # epoch 1 uses clip as the norm
     clipped_norms = []
@@ -96,8 +97,13 @@ def test_adaptive_run_logs_noise_std_and_reports_no_epsilon(tmp_path):
     assert len(set(stds)) == 3
 
 
-@pytest.mark.parametrize("overrides, field", [(["scenario=retrain", "scenario.retrain_epochs=0"],
-                                               "scenario.retrain_epochs"), (["dp=adaptive", "dp.clip=-1"], "dp.clip")])  # fmt: skip
+BAD = [
+    (["scenario=retrain", "scenario.retrain_epochs=0"], "scenario.retrain_epochs"),
+    (["dp=adaptive", "dp.clip=-1"], "dp.clip"),
+]
+
+
+@pytest.mark.parametrize("overrides, field", BAD)
 def test_bad_scenario_settings(overrides, field):
     from gsdefense.errors import ConfigError
     from gsdefense.plan import prepare
