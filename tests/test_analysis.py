@@ -288,6 +288,7 @@ def test_report_cli(sweep: Path, tmp_path: Path) -> None:
         "utility_heatmap.png",
         "training_curves.png",
         "privacy_tradeoff.png",
+        "gradient_telemetry.png",
     }
     summary = (out / "summary.md").read_text()
     assert "| ok | 2 |" in summary and "| failed | 2 |" in summary
@@ -307,4 +308,4 @@ def test_notebook_runs_headless(sweep: Path) -> None:
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     assert any("4 runs" in o.get("text", "") for o in outputs)
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # 4 sweep figures + gradient telemetry
