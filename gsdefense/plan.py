@@ -23,7 +23,7 @@ from gsdefense.training.dp import DPSGDConfig, dp_config
 from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig, check_schedule
 
 GROUPS = ("dataset", "model", "attack", "defense", "optimizer", "dp", "scenario")
-SETTINGS = ("telemetry", "seed", "device", "cache_dir", "save_model", "resume", "checkpoint")
+SETTINGS = ("telemetry", "seed", "device", "threads", "cache_dir", "save_model", "resume", "checkpoint")
 TOP_LEVEL_KEYS = set(GROUPS) | set(SETTINGS)
 
 
@@ -74,6 +74,9 @@ def prepare(cfg: DictConfig) -> Plan:
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError("seed", f"must be a non-negative integer (got {seed!r}).")
     device = resolve_device(str(cfg.device))
+    threads = cfg.threads
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError("threads", f"must be a positive integer or null (got {threads!r}).", "use threads=1.")
     optimizer = OPTIMIZERS.config(cfg.optimizer)
     check_schedule(optimizer)
     dp = dp_config(cfg.dp)

@@ -32,7 +32,7 @@ from gsdefense.training.loop import TrainResult
 log = logging.getLogger(__name__)
 
 # Settings that say where or how a run executes, not what it computes, stay out of run_id.
-NOT_IN_RUN_ID = {"hydra", "cache_dir", "save_model", "resume", "checkpoint"}
+NOT_IN_RUN_ID = {"hydra", "threads", "cache_dir", "save_model", "resume", "checkpoint"}
 assert NOT_IN_RUN_ID - {"hydra"} <= set(SETTINGS)
 
 
@@ -81,6 +81,8 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
         if not cfg.resume:
             checkpointer.clear()
     plan = prepare(cfg)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     if getattr(plan.attack, "targeted", False):
         metrics = _run_targeted(plan, output_dir)

@@ -54,6 +54,7 @@ BAD_INPUTS = [
     (["optimizer.batch_size=0"], "optimizer.batch_size"),
     (["optimizer.epochs=0"], "optimizer.epochs"),
     (["optimizer.lr=abc"], "optimizer.lr"),
+    (["threads=0"], "threads"),
     (["dataset=fashion_mnist", "dataset.download=false", "dataset.data_dir=/nonexistent/fm"], "/nonexistent/fm"),
     (["device=cuda:0"] if not __import__("torch").cuda.is_available() else ["device=tpu"], "device"),
 ]

@@ -44,7 +44,9 @@ def test_resume_skips_a_completed_run_and_resume_false_recomputes(tmp_path, monk
 
 def test_run_id_ignores_paths_and_execution_settings():
     base = run_module.run_id(compose_cfg())
-    assert run_module.run_id(compose_cfg("resume=false", "cache_dir=/elsewhere", "save_model=false")) == base
+    assert (
+        run_module.run_id(compose_cfg("resume=false", "cache_dir=/elsewhere", "save_model=false", "threads=2")) == base
+    )
     assert run_module.run_id(compose_cfg("dp.clip=2")) != base
 
 
