@@ -25,13 +25,15 @@ from gsdefense.training.loop import train
 from gsdefense.training.optim import SGDConfig
 
 
-def seconds(model_name: str, *, poisoned, data, dp: DPSGDConfig | None, epochs: int, telemetry: bool) -> float:
+def seconds(
+    model_name: str, *, poisoned, data, dp: DPSGDConfig | None, epochs: int, telemetry: bool, scope: str
+) -> float:
     torch.manual_seed(0)
     model = build_model(OmegaConf.create({"name": model_name}), input_shape=data.input_shape,
                         num_classes=data.num_classes, mean=data.mean, std=data.std)  # fmt: skip
     probe = None
     if telemetry:
-        probe = GradientProbe(TelemetryConfig(), x=poisoned.x, y=poisoned.y, is_poison=poisoned.is_poison,
+        probe = GradientProbe(TelemetryConfig(scope=scope), x=poisoned.x, y=poisoned.y, is_poison=poisoned.is_poison,
                               clip=dp.clip if dp else None, noise=dp.noise if dp else None)  # fmt: skip
     start = time.perf_counter()
     train(model, poisoned.x, poisoned.y, optimizer_cfg=SGDConfig(epochs=epochs), dp=dp, seed=0, probe=probe)
@@ -43,8 +45,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
+    parser.add_argument("--scope", default="last_layer", choices=["last_layer", "all"])
     args = parser.parse_args()
-    print(f"threads={torch.get_num_threads()} epochs={args.epochs} repeats={args.repeats} probe=64+64 per epoch")
+    print(f"threads={torch.get_num_threads()} epochs={args.epochs} repeats={args.repeats} probe=64+64 per epoch "
+          f"scope={args.scope}")  # fmt: skip
     print(f"{'data':<14} {'model':<5} {'dp':<6} {'plain s':>8} {'telemetry s':>12} {'overhead':>9}")
     for label, data in datasets():
         attack = build_attack(OmegaConf.create({"name": "badnets"}))
@@ -52,7 +56,7 @@ def main() -> None:
         poisoned = attack.poison(data, generator=torch.Generator().manual_seed(0))
         for name in args.models:
             for dp in (None, DPSGDConfig()):
-                kw = dict(poisoned=poisoned, data=data, dp=dp, epochs=args.epochs)
+                kw = dict(poisoned=poisoned, data=data, dp=dp, epochs=args.epochs, scope=args.scope)
                 seconds(name, telemetry=True, **kw)  # warm-up
                 off, on = [], []
                 for _ in range(args.repeats):

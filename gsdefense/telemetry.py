@@ -10,9 +10,15 @@ per-sample gradients ``g_i`` (``torch.func``: vmap of grad) give
     sample_norm_ratio = mean_P ‖g_i‖ / mean_C ‖g_i‖
     shaped ḡ_S = (Σ_{i∈S} g_i·min(1, C/‖g_i‖) + N(0, σ²C² I)) / |S|
 
-as the original analysis did. Clip factors use the whole-model norm, as the
-optimizer does; ``scope: last_layer`` then reports statistics of the last
-layer only, as the original did.
+as the original analysis did.
+
+``scope: last_layer`` (default) analyses the kernel of the final Linear layer,
+as the original did, with clipping on that layer's per-sample norm. Its
+per-sample gradients are exact and need no backward pass: for a final layer
+``z = W a + b`` under cross-entropy, ``∂ℓ_i/∂W = (softmax(z_i) − e_{y_i}) a_iᵀ``.
+``scope: all`` takes every parameter via ``torch.func`` (vmap of grad) and
+clips on the whole-model norm, as the optimizer does; it costs a per-sample
+backward pass.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from gsdefense.registry import to_dataclass
 class TelemetryConfig:
     enabled: bool = True
     probe_size: int = 64
-    scope: str = "all"  # all | last_layer
+    scope: str = "last_layer"  # last_layer (the original's analysis, cheap) | all (every parameter, vmap)
     every_n_epochs: int = 1  # measure at the end of every N-th epoch (and the last)
     every_n_steps: int | None = None  # extra rows in telemetry.csv
     seed: int = 0
@@ -88,8 +94,22 @@ class GradientProbe:
         """
         self.twin = copy.deepcopy(model).eval()
 
+    @torch.no_grad()
+    def _last_layer(self, model: nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample gradients of the final Linear kernel (flattened), their norms, and the logits."""
+        last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        seen: dict[str, torch.Tensor] = {}
+        handle = last.register_forward_hook(lambda mod, inp, out: seen.update(a=inp[0], z=out))
+        try:
+            logits = model(self.x[idx])
+        finally:
+            handle.remove()
+        delta = seen["z"].softmax(1) - F.one_hot(self.y[idx], seen["z"].shape[1])
+        g = (delta[:, :, None] * seen["a"][:, None, :]).flatten(1)
+        return g, g.norm(dim=1), logits
+
     def _per_sample(self, model: nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flattened per-sample gradients over the reported scope, and their whole-model norms."""
+        """Flattened per-sample gradients of every parameter, and their norms."""
         params = {k: v.detach() for k, v in model.named_parameters()}
         buffers = {k: v.detach() for k, v in model.named_buffers()}
 
@@ -99,12 +119,8 @@ class GradientProbe:
             return F.cross_entropy(functional_call(twin, (p, buffers), (x[None],)), y[None])
 
         grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, self.x[idx], self.y[idx])
-        flat = [g.flatten(1) for g in grads.values()]
-        full_norm = torch.cat(flat, 1).norm(dim=1)
-        if self.cfg.scope == "last_layer":
-            last = [k for k in grads if k.endswith("weight")][-1]
-            return grads[last].flatten(1), full_norm
-        return torch.cat(flat, 1), full_norm
+        flat = torch.cat([g.flatten(1) for g in grads.values()], 1)
+        return flat, flat.norm(dim=1)
 
     def _shaped_mean(self, g: torch.Tensor, full_norm: torch.Tensor) -> torch.Tensor:
         if self.clip is None:
@@ -114,20 +130,23 @@ class GradientProbe:
         total += torch.randn(total.shape, generator=self.noise_gen, device=g.device) * (self.noise * self.clip)
         return total / len(g)
 
-    @torch.no_grad()
-    def _accuracy(self, model: nn.Module, idx: torch.Tensor) -> float:
-        return float((model(self.x[idx]).argmax(1) == self.y[idx]).float().mean())
-
     def measure(self, model: nn.Module) -> dict[str, float | None]:
         was_training = model.training
         model.eval()  # Opacus' hooks stay idle outside train mode
         out: dict[str, float | None] = dict.fromkeys(COLUMNS)
         m = len(self.clean_idx)
-        g_all, n_all = self._per_sample(model, torch.cat([self.clean_idx, self.poison_idx]))  # one vmap call
+        idx = torch.cat([self.clean_idx, self.poison_idx])  # one pass for both subsets
+        if self.cfg.scope == "last_layer":
+            g_all, n_all, logits = self._last_layer(model, idx)
+        else:
+            g_all, n_all = self._per_sample(model, idx)
+            with torch.no_grad():
+                logits = model(self.x[idx])
+        correct = logits.argmax(1) == self.y[idx]
         g_c, n_c = g_all[:m], n_all[:m]
         mean_c, shaped_c = g_c.mean(0), self._shaped_mean(g_c, n_c)
         out["grad_norm_clean"] = float(mean_c.norm())
-        out["clean_train_acc"] = self._accuracy(model, self.clean_idx)
+        out["clean_train_acc"] = float(correct[:m].float().mean())
         if len(self.poison_idx):
             g_p, n_p = g_all[m:], n_all[m:]
             mean_p, shaped_p = g_p.mean(0), self._shaped_mean(g_p, n_p)
@@ -139,7 +158,7 @@ class GradientProbe:
             out["shaped_grad_norm_poison"] = float(shaped_p.norm())
             out["shaped_grad_ratio"] = float(shaped_p.norm() / shaped_c.norm().clamp_min(1e-12))
             out["shaped_grad_cosine"] = float(F.cosine_similarity(shaped_c, shaped_p, dim=0))
-            out["poison_train_acc"] = self._accuracy(model, self.poison_idx)
+            out["poison_train_acc"] = float(correct[m:].float().mean())
         else:
             out["shaped_grad_norm_clean"] = float(shaped_c.norm())
         model.train(was_training)

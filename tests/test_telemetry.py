@@ -24,20 +24,26 @@ def _data(n_poison: int = 6):
     return x, y, is_poison
 
 
-def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scope: str = "all") -> torch.Tensor:
+    """Per-sample gradients, one backward per sample: every parameter, or the last Linear kernel."""
+    params = list(model.parameters())
+    if scope == "last_layer":
+        params = [[m for m in model.modules() if isinstance(m, nn.Linear)][-1].weight]
     rows = []
     for xi, yi in zip(x, y):
-        grads = torch.autograd.grad(F.cross_entropy(model(xi[None]), yi[None]), list(model.parameters()))
+        grads = torch.autograd.grad(F.cross_entropy(model(xi[None]), yi[None]), params)
         rows.append(torch.cat([g.flatten() for g in grads]))
     return torch.stack(rows)
 
 
-def test_raw_statistics_match_a_naive_loop():
+@pytest.mark.parametrize("scope", ["last_layer", "all"])
+def test_raw_statistics_match_a_naive_loop(scope):
     x, y, is_poison = _data()
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-    probe = GradientProbe(TelemetryConfig(probe_size=50), x=x, y=y, is_poison=is_poison, clip=None, noise=None)
+    cfg = TelemetryConfig(probe_size=50, scope=scope)
+    probe = GradientProbe(cfg, x=x, y=y, is_poison=is_poison, clip=None, noise=None)
     out = probe.measure(model)
-    g_c, g_p = _naive(model, x[~is_poison], y[~is_poison]), _naive(model, x[is_poison], y[is_poison])
+    g_c, g_p = _naive(model, x[~is_poison], y[~is_poison], scope), _naive(model, x[is_poison], y[is_poison], scope)
     m_c, m_p = g_c.mean(0), g_p.mean(0)
     assert out["grad_norm_clean"] == pytest.approx(m_c.norm().item(), rel=1e-4)
     assert out["grad_norm_poison"] == pytest.approx(m_p.norm().item(), rel=1e-4)
@@ -49,13 +55,15 @@ def test_raw_statistics_match_a_naive_loop():
     assert out["shaped_grad_cosine"] == pytest.approx(out["grad_cosine"], abs=1e-5)
 
 
-def test_shaped_means_are_means_of_clipped_gradients_bounded_by_clip():
+@pytest.mark.parametrize("scope", ["last_layer", "all"])
+def test_shaped_means_are_means_of_clipped_gradients_bounded_by_clip(scope):
     x, y, is_poison = _data()
     model = nn.Sequential(nn.Linear(5, 3))
     clip = 1e-3
-    probe = GradientProbe(TelemetryConfig(probe_size=50), x=x, y=y, is_poison=is_poison, clip=clip, noise=0.0)
+    cfg = TelemetryConfig(probe_size=50, scope=scope)
+    probe = GradientProbe(cfg, x=x, y=y, is_poison=is_poison, clip=clip, noise=0.0)
     out = probe.measure(model)
-    g_p = _naive(model, x[is_poison], y[is_poison])
+    g_p = _naive(model, x[is_poison], y[is_poison], scope)
     assert (g_p.norm(dim=1) > clip).all(), "every sample is clipped at this clip"
     clipped = g_p * (clip / g_p.norm(dim=1, keepdim=True))
     assert (clipped.norm(dim=1) <= clip * (1 + 1e-5)).all()
@@ -71,8 +79,9 @@ def test_noise_has_std_noise_times_clip_over_subset_size():
     with torch.no_grad():
         model.weight.zero_()
         model.bias.zero_()
-    quiet = GradientProbe(TelemetryConfig(probe_size=30), x=x, y=y, is_poison=is_poison, clip=0.5, noise=0.0)
-    noisy = GradientProbe(TelemetryConfig(probe_size=30), x=x, y=y, is_poison=is_poison, clip=0.5, noise=2.0)
+    cfg = TelemetryConfig(probe_size=30, scope="all")
+    quiet = GradientProbe(cfg, x=x, y=y, is_poison=is_poison, clip=0.5, noise=0.0)
+    noisy = GradientProbe(cfg, x=x, y=y, is_poison=is_poison, clip=0.5, noise=2.0)
     g, n = quiet._per_sample(model, quiet.clean_idx)
     draws = torch.stack([noisy._shaped_mean(g, n) - quiet._shaped_mean(g, n) for _ in range(400)])
     assert draws.std().item() == pytest.approx(2.0 * 0.5 / 30, rel=0.06)
