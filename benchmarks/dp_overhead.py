@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from gsdefense.data import load_dataset
 from gsdefense.models import build_model
-from gsdefense.run import resolve_device
+from gsdefense.plan import resolve_device
 from gsdefense.training.dp import DPSGDConfig
 from gsdefense.training.loop import train
 from gsdefense.training.optim import SGDConfig

@@ -46,11 +46,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     parser.add_argument("--scope", default="last_layer", choices=["last_layer", "all"])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "fmnist-3/4 sz"])
     args = parser.parse_args()
     print(f"threads={torch.get_num_threads()} epochs={args.epochs} repeats={args.repeats} probe=64+64 per epoch "
           f"scope={args.scope}")  # fmt: skip
     print(f"{'data':<14} {'model':<5} {'dp':<6} {'plain s':>8} {'telemetry s':>12} {'overhead':>9}")
     for label, data in datasets():
+        if label not in args.datasets:
+            continue
         attack = build_attack(OmegaConf.create({"name": "badnets"}))
         attack.validate(data)
         poisoned = attack.poison(data, generator=torch.Generator().manual_seed(0))
