@@ -14,8 +14,10 @@
 
 lr, mlp and cnn train on the embedded digits data (1347 × 1×8×8); resnet18 on a random
 CIFAR-shaped set (``--resnet-n`` × 3×32×32). Every arm runs in this one process,
-interleaved, ``--repeats`` times; medians are reported, and ratios are what to compare
-across machines. Default 1 thread: sweeps run one job per core.
+interleaved, ``--repeats`` times, after ``gc.collect()``; medians are reported, and ratios are
+what to compare across machines. Default 1 thread: sweeps run one job per core. gsdefense
+caches the per-step RDP curve of each (q, σ) per process, so the median excludes that one-off
+~0.05-0.1 s (Opacus' ``get_epsilon`` pays it after every epoch of the opacus_* arms).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from tests.conftest import ROOT
     "script, args, row_start",
     [
         ("dp_overhead.py", ["--repeats", "1", "--models", "mlp"], ["mlp"]),
+        ("speed.py", ["--repeats", "1", "--epochs", "1", "--models", "mlp", "--arms", "vanilla", "bk", "opacus_loop",
+                      "--memory"], ["mlp"]),
         ("telemetry_overhead.py", ["--repeats", "1", "--epochs", "1", "--models", "mlp", "--datasets", "digits"],
          ["digits", "mlp"]),
     ],

@@ -20,7 +20,8 @@ from torch.nn import functional as F
 
 from gsdefense.telemetry import GradientProbe
 from gsdefense.training.checkpoint import Checkpointer
-from gsdefense.training.dp import DPSGDConfig, make_private
+from gsdefense.training.dp import DPSGDConfig, private_training
+from gsdefense.training.fast_dp import FastDPOptimizer
 from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig
 
 log = logging.getLogger(__name__)
@@ -92,13 +93,14 @@ def train(
         probe.attach(model)
     if dp is not None:
         noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-        private = make_private(
+        private = private_training(
             model, optimizer, cfg=dp, n_train=n, batch_size=optimizer_cfg.batch_size, noise_generator=noise_gen
         )
         module, optimizer = private.module, private.optimizer
         if accountant_history:
             private.engine.accountant.history = [tuple(h) for h in accountant_history]
 
+    fast = isinstance(optimizer, FastDPOptimizer)  # hook-free DP: one call does clip, noise and step
     result = TrainResult(model=model)
     start = time.perf_counter()
     step, first_epoch = 0, 1
@@ -128,16 +130,20 @@ def train(
         seen = 0
         for idx in batches:
             optimizer.zero_grad(set_to_none=True)
-            out = module(x[idx])
-            if len(idx):
-                loss = F.cross_entropy(out, y[idx])
-                loss_sum += loss.detach() * len(idx)
+            if fast:
+                loss_sum += optimizer.private_step(x[idx], y[idx])
                 seen += len(idx)
             else:
-                # An empty Poisson batch is still a DP step: the update is pure noise.
-                loss = out.sum() * 0.0
-            loss.backward()
-            optimizer.step()
+                out = module(x[idx])
+                if len(idx):
+                    loss = F.cross_entropy(out, y[idx])
+                    loss_sum += loss.detach() * len(idx)
+                    seen += len(idx)
+                else:
+                    # An empty Poisson batch is still a DP step: the update is pure noise.
+                    loss = out.sum() * 0.0
+                loss.backward()
+                optimizer.step()
             step += 1
             if probe_every and step % probe_every == 0:
                 result.step_telemetry.append({"epoch": epoch, "step": step, **probe.measure(model)})
@@ -184,6 +190,7 @@ def train(
     if private is not None:
         if keep_accountant:
             result.accountant_history = [list(h) for h in private.engine.accountant.history]
-        module._close()  # drop Opacus hooks so the plain model can be evaluated and saved
+        if not fast:
+            module._close()  # drop Opacus hooks so the plain model can be evaluated and saved
     model.eval()
     return result

@@ -1,0 +1,151 @@
+"""DP-SGD without Opacus' hooks: the same update, computed faster (``dp.grad_sample_mode``).
+
+Per step, on a Poisson batch B drawn with rate q (σ = noise, C = clip):
+
+    g = ( Σ_{i∈B} g_i · min(1, C / (‖g_i‖ + 1e-6))  +  N(0, (σ·C)² I) ) / (q·n)
+
+then the plain optimizer's step. The clipped sum comes from
+``gsdefense.training.per_sample`` (``vmap`` or book-keeping ``bk``); the noise is
+drawn per parameter, in ``model.parameters()`` order, with the same
+``torch.normal`` calls Opacus makes, so the same generator gives the same noise;
+and each step is booked with Opacus' accountant as ``(σ, q)``, so ε is Opacus' ε.
+
+``auto`` picks per model (measured on CPU, see ``benchmarks/speed.py``): ``bk`` when
+every trainable layer is a Linear, Conv2d or GroupNorm (lr, mlp, cnn, resnet18),
+else ``vmap``.
+"""
+
+from __future__ import annotations
+
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+
+from gsdefense.errors import ConfigError
+from gsdefense.training.per_sample import BookKeepingClippedSum, VmapClippedSum, bk_unsupported
+
+FAST_MODES = ("auto", "bk", "vmap")
+
+
+def resolve_mode(mode: str, model: nn.Module) -> str:
+    """``auto`` → ``bk`` where book-keeping supports every trainable layer, else ``vmap``."""
+    reason = bk_unsupported(model)
+    if mode == "bk" and reason is not None:
+        raise ConfigError("dp.grad_sample_mode", f"bk cannot handle this model: {reason}.", "use vmap or auto.")
+    if mode != "auto":
+        return mode
+    return "bk" if reason is None else "vmap"
+
+
+class FastDPOptimizer:
+    """Clip, noise and scale per-sample gradients, then step the wrapped optimizer.
+
+    Mirrors the parts of Opacus' ``DPOptimizer`` the training loop uses
+    (``noise_multiplier``, ``max_grad_norm``, ``expected_batch_size``, state dicts).
+    With ``adaptive``, the noise multiplier follows Hong et al. §7.2 as in
+    ``AdaptiveDPOptimizer``: σ_e = σ · mean_{epoch e-1} min(‖g_i‖, C) / C.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        model: nn.Module,
+        mode: str,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        generator: torch.Generator,
+        accountant,
+        sample_rate: float,
+        adaptive: bool = False,
+    ) -> None:
+        self.original_optimizer = optimizer
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.mode = mode
+        self.clipped_sum = BookKeepingClippedSum(model) if mode == "bk" else VmapClippedSum(model)
+        self.noise_multiplier, self.max_grad_norm = noise_multiplier, max_grad_norm
+        self.expected_batch_size, self.generator = expected_batch_size, generator
+        self.accountant, self.sample_rate = accountant, sample_rate
+        self.adaptive, self.base_noise = adaptive, noise_multiplier
+        self._norm_sum, self._norm_count = torch.zeros(()), 0
+
+    @property
+    def noise_std(self) -> float:
+        return self.noise_multiplier * self.max_grad_norm
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.original_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return self.original_optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.original_optimizer.load_state_dict(state)
+
+    def private_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One DP-SGD step on the batch ``(x, y)``; returns the batch's summed (detached) loss."""
+        clip, scale = self.max_grad_norm, 1.0 / self.expected_batch_size
+        std = self.noise_multiplier * clip * scale  # (σC·z)/(q·n), drawn as σC/(q·n)·z
+        if len(x):
+            sums, loss_sum, norms = self.clipped_sum(x, y, clip=clip, scale=scale)
+            if self.adaptive:
+                clipped = norms.detach().clamp(max=clip).sum()
+                self._norm_sum = self._norm_sum.to(clipped.device) + clipped
+                self._norm_count += len(x)
+        else:  # an empty Poisson batch is still a step: the update is pure noise
+            sums, loss_sum = [torch.zeros_like(p) for p in self.params], torch.zeros((), device=x.device)
+        for p, s in zip(self.params, sums):
+            if std > 0:
+                s = s.add_(torch.normal(mean=0.0, std=std, size=s.shape, device=s.device, generator=self.generator))
+            p.grad = s if s.shape == p.shape else s.view_as(p)
+        self.original_optimizer.step()
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        return loss_sum
+
+    def end_epoch(self) -> None:
+        """Adaptive only: next epoch's σ = base σ × this epoch's mean clipped norm / C."""
+        if self.adaptive and self._norm_count:
+            mean_norm = float(self._norm_sum) / self._norm_count
+            self.noise_multiplier = self.base_noise * mean_norm / self.max_grad_norm
+        self._norm_sum, self._norm_count = torch.zeros(()), 0
+
+    def extra_state(self) -> dict:
+        return {"noise_multiplier": self.noise_multiplier, "norm_sum": float(self._norm_sum), "count": self._norm_count}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.noise_multiplier = state["noise_multiplier"]
+        self._norm_sum, self._norm_count = torch.tensor(state["norm_sum"]), state["count"]
+
+
+def make_fast_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    cfg,
+    n_train: int,
+    batch_size: int,
+    noise_generator: torch.Generator,
+    adaptive: bool,
+):
+    """The fast twin of ``dp.make_private``: same q = 1/ceil(n/batch_size), same accountant, no hooks."""
+    from gsdefense.training.dp import PrivateTraining
+
+    steps = -(-n_train // batch_size)
+    sample_rate = 1.0 / steps
+    engine = PrivacyEngine(accountant=cfg.accountant)
+    fast = FastDPOptimizer(
+        optimizer,
+        model=model,
+        mode=resolve_mode(cfg.grad_sample_mode, model),
+        noise_multiplier=cfg.noise,
+        max_grad_norm=cfg.clip,
+        expected_batch_size=int(n_train * sample_rate),
+        generator=noise_generator,
+        accountant=engine.accountant,
+        sample_rate=sample_rate,
+        adaptive=adaptive,
+    )
+    return PrivateTraining(
+        module=model, optimizer=fast, engine=engine, sample_rate=sample_rate, delta=cfg.delta, adaptive=adaptive
+    )

@@ -1,0 +1,190 @@
+"""Clipped sums of per-sample gradients without Opacus: ``vmap`` and book-keeping (``bk``).
+
+Both return, for a batch of B samples with losses ℓ_i and whole-model per-sample
+gradients g_i = ∇_θ ℓ_i, and a scale s (the DP step passes s = 1/(q·n)),
+
+    S = s · Σ_i c_i · g_i        with  c_i = min(1, C / (‖g_i‖₂ + 1e-6))
+
+per parameter (c_i is exactly Opacus' clip factor: flat, whole-model norm), with
+Σ_i ℓ_i and the norms ‖g_i‖.
+
+* ``vmap``: ``torch.func.vmap(grad(ℓ))`` materialises every g_i; works for any model.
+* ``bk`` (book-keeping, Bu et al. 2023): one forward and one backward to the layer
+  outputs only (``autograd.grad`` w.r.t. activations, no parameter gradients), then,
+  per layer with input a_i and output gradient b_i,
+
+      Linear:    ‖g_i^W‖² = ‖a_i‖²·‖b_i‖² (ghost norm),      S^W = (c⊙b)ᵀ a
+      Conv2d:    g_i^W = b_i · unfold(a_i)ᵀ (or the ghost norm Σ_{l,l'} (AᵢᵀAᵢ)∘(BᵢᵀBᵢ)
+                 when that is cheaper), S^W = Σ_i c_i g_i^W
+      GroupNorm: g_i^γ = Σ_spatial x̂_i ⊙ b_i,  g_i^β = Σ_spatial b_i
+
+  Works for models whose trainable parameters all sit in those layers, each called once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn import functional as F
+
+Result = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]  # s·Σ c_i g_i per parameter, Σ ℓ_i, ‖g_i‖
+ClippedSum = Callable[..., Result]
+
+
+def clip_factors(norms: torch.Tensor, clip: float, scale: float) -> torch.Tensor:
+    """s · c_i = s · min(1, C / (‖g_i‖ + 1e-6)), c_i as Opacus computes it."""
+    c = (clip / (norms + 1e-6)).clamp_(max=1.0)
+    return c if scale == 1.0 else c.mul_(scale)
+
+
+class VmapClippedSum:
+    """``vmap(grad)`` per-sample gradients of a hook-free model, clipped and summed."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.names = [k for k, p in model.named_parameters() if p.requires_grad]
+
+        def loss(params, buffers, x, y):
+            out = functional_call(model, (params, buffers), (x[None],))
+            return F.cross_entropy(out, y[None])
+
+        self._per_sample = vmap(grad_and_value(loss), in_dims=(None, None, 0, 0))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, clip: float, scale: float = 1.0) -> Result:
+        named = dict(self.model.named_parameters())
+        params = {k: named[k].detach() for k in self.names}
+        buffers = {k: v for k, v in self.model.named_buffers()}
+        grads, losses = self._per_sample(params, buffers, x, y)
+        flat = [grads[k].reshape(len(x), -1) for k in self.names]
+        norms = torch.stack([g.pow(2).sum(1) for g in flat], 1).sum(1).sqrt()
+        c = clip_factors(norms, clip, scale)
+        return [torch.einsum("b,b...->...", c, grads[k]) for k in self.names], losses.detach().sum(), norms
+
+
+def _linear(m: nn.Linear, a: torch.Tensor, b: torch.Tensor):
+    if a.dim() == 2:  # ghost norm: ‖b aᵀ‖² = ‖a‖²‖b‖², and ‖bias grad‖² = ‖b‖²
+        b_sq = (b * b).sum(1)
+        sq = b_sq * ((a * a).sum(1) + 1.0) if m.bias is not None else b_sq * (a * a).sum(1)
+
+        def ghost_weighted(c):
+            cb = b * c[:, None]
+            return [cb.T.mm(a)] + ([cb.sum(0)] if m.bias is not None else [])
+
+        return sq, ghost_weighted
+    a, b = a.reshape(len(a), -1, a.shape[-1]), b.reshape(len(b), -1, b.shape[-1])  # (B, T, in), (B, T, out)
+    gw = torch.einsum("bto,bti->boi", b, a)
+    gb = b.sum(1) if m.bias is not None else None
+    sq = gw.pow(2).sum((1, 2)) + (gb.pow(2).sum(1) if gb is not None else 0.0)
+
+    def weighted(c):
+        return [torch.einsum("b,boi->oi", c, gw)] + ([c @ gb] if gb is not None else [])
+
+    return sq, weighted
+
+
+def _unfold(x: torch.Tensor, m: nn.Conv2d) -> torch.Tensor:
+    """``F.unfold(x)`` for ``m``'s geometry as one strided view + one copy (im2col loops over the batch)."""
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = m.padding, m.stride, m.dilation, m.kernel_size
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
+    n, ch, h, w = x.shape
+    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    s_n, s_c, s_h, s_w = x.stride()
+    view = x.as_strided((n, ch, kh, kw, oh, ow), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw), x.storage_offset())
+    return view.reshape(n, ch * kh * kw, oh * ow)
+
+
+def _conv2d(m: nn.Conv2d, x: torch.Tensor, out_grad: torch.Tensor):
+    n = len(x)
+    a = _unfold(x, m)  # (B, k, L)
+    b = out_grad.reshape(n, out_grad.shape[1], -1)  # (B, o, L)
+    k, o, length = a.shape[1], b.shape[1], a.shape[2]
+    gb = b.sum(2) if m.bias is not None else None
+    # Materialising g_i costs B·o·k memory; the ghost norm B·L² and, per sample, fewer flops when L(k+o) < k·o.
+    if k * o >= 1 << 16 and length * (k + o) < k * o:
+        sq = (torch.bmm(a.transpose(1, 2), a) * torch.bmm(b.transpose(1, 2), b)).sum((1, 2))
+
+        def weight_sum(c):
+            return torch.einsum("bol,bkl->ok", b * c[:, None, None], a)
+
+    else:
+        gw = torch.bmm(b, a.transpose(1, 2)).view(n, -1)  # (B, o·k)
+        sq = (gw * gw).sum(1)
+
+        def weight_sum(c):
+            return c @ gw
+
+    if gb is not None:
+        sq = sq + (gb * gb).sum(1)
+
+    def weighted(c):
+        return [weight_sum(c).view_as(m.weight)] + ([c @ gb] if gb is not None else [])
+
+    return sq, weighted
+
+
+def _group_norm(m: nn.GroupNorm, x: torch.Tensor, out_grad: torch.Tensor):
+    xhat = F.group_norm(x.detach(), m.num_groups, eps=m.eps)
+    dims = tuple(range(2, x.dim()))
+    gw, gb = (xhat * out_grad).sum(dims), out_grad.sum(dims)
+    sq = gw.pow(2).sum(1) + gb.pow(2).sum(1)
+    return sq, lambda c: [c @ gw, c @ gb]
+
+
+LAYERS = {nn.Linear: _linear, nn.Conv2d: _conv2d, nn.GroupNorm: _group_norm}
+
+
+def bk_unsupported(model: nn.Module) -> str | None:
+    """Why ``bk`` cannot handle ``model``, or None if it can."""
+    for name, m in model.named_modules():
+        own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if type(m) not in LAYERS:
+            return f"{name or 'model'} is a {type(m).__name__}, not one of Linear, Conv2d, GroupNorm"
+        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            return f"{name} is a grouped, non-zero-padded or 'same'-padded Conv2d"
+        if isinstance(m, nn.GroupNorm) and not m.affine:
+            return f"{name} is a GroupNorm without affine parameters"
+    return None
+
+
+class BookKeepingClippedSum:
+    """Clipped per-sample-gradient sums from layer inputs and output gradients (one backward)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        reason = bk_unsupported(model)
+        if reason is not None:
+            raise ValueError(f"grad_sample_mode=bk cannot handle this model: {reason}")
+        self.model = model
+        self.layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+        order = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+        self.order = [order[id(p)] for m in self.layers for p in m.parameters(recurse=False) if p.requires_grad]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, clip: float, scale: float = 1.0) -> Result:
+        seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def capture(module, inputs, output):
+            if module in seen:
+                raise RuntimeError("grad_sample_mode=bk: a layer is called twice in one forward pass")
+            seen[module] = (inputs[0], output)
+
+        handles = [m.register_forward_hook(capture) for m in self.layers]
+        try:
+            out = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        total = F.cross_entropy(out, y, reduction="sum")
+        out_grads = torch.autograd.grad(total, [seen[m][1] for m in self.layers])
+        parts = [LAYERS[type(m)](m, seen[m][0].detach(), g) for m, g in zip(self.layers, out_grads)]
+        norms = sum(sq for sq, _ in parts).sqrt()
+        c = clip_factors(norms, clip, scale)
+        sums = [s for _, weighted in parts for s in weighted(c)]
+        ordered: list[torch.Tensor] = [torch.empty(0)] * len(sums)
+        for i, s in zip(self.order, sums):
+            ordered[i] = s
+        return ordered, total.detach(), norms
