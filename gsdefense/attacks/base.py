@@ -61,14 +61,15 @@ class Attack:
         """Raise ConfigError for settings that do not fit ``data`` (or the victim model)."""
 
     def poison(self, data: DataBundle, *, generator: torch.Generator, context: RunContext | None = None) -> PoisonedSet:
-        raise NotImplementedError
+        """The training set the victim sees. Targeted attacks (``targeted = True``) run trials instead."""
+        raise TypeError(f"{type(self).__name__} does not build one poisoned training set")
 
     def extra_metrics(self) -> dict[str, Any]:
         """Attack-specific numbers for metrics.json (e.g. a certified bound); call after ``poison``."""
         return {}
 
     def trigger(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no test-time trigger")
+        raise TypeError(f"{type(self).__name__} has no test-time trigger")
 
 
 def check_ratio(poison_ratio: float) -> None:

@@ -6,6 +6,7 @@ so one sweep can compare sanitisation, gradient shaping, and both.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,15 +15,16 @@ from gsdefense.data.bundle import DataBundle
 from gsdefense.registry import Registry
 
 
-class Defense:
+class Defense(ABC):
     """Filters a poisoned training set; reports what it removed."""
 
     def validate(self, data: DataBundle, *, context: RunContext | None = None) -> None:
-        """Raise ConfigError for settings that do not fit ``data``."""
+        """Raise ConfigError for settings that do not fit ``data``; nothing to check by default."""
+        return None
 
+    @abstractmethod
     def apply(self, poisoned: PoisonedSet, *, data: DataBundle) -> tuple[PoisonedSet, dict[str, Any]]:
         """The kept training set, and metrics: at least ``n_removed`` and ``n_poison_removed``."""
-        raise NotImplementedError
 
 
 def keep(poisoned: PoisonedSet, mask) -> tuple[PoisonedSet, dict[str, int]]:

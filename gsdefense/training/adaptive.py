@@ -33,21 +33,44 @@ class AdaptiveDPConfig:
     grad_sample_mode: str = "hooks"
 
 
+class NoiseTracker:
+    """Mean clipped per-sample norm over an epoch, turned into the next epoch's noise multiplier."""
+
+    def __init__(self, *, base_noise: float, clip: float) -> None:
+        self.base_noise, self.clip = base_noise, clip
+        self._sum, self._count = torch.zeros(()), 0
+
+    def record(self, norms: torch.Tensor) -> None:
+        clipped = norms.detach().clamp(max=self.clip).sum()
+        self._sum = self._sum.to(clipped.device) + clipped
+        self._count += len(norms)
+
+    def end_epoch(self, current: float) -> float:
+        """σ_next = σ × mean clipped norm / C, so that std_next = σ × mean clipped norm; unchanged if no samples."""
+        multiplier = self.base_noise * float(self._sum) / self._count / self.clip if self._count else current
+        self._sum, self._count = torch.zeros(()), 0
+        return multiplier
+
+    def state(self, multiplier: float) -> dict:
+        return {"noise_multiplier": multiplier, "norm_sum": float(self._sum), "count": self._count}
+
+    def load(self, state: dict) -> float:
+        self._sum, self._count = torch.tensor(state["norm_sum"]), state["count"]
+        return state["noise_multiplier"]
+
+
 class AdaptiveDPOptimizer(DPOptimizer):
     """DPOptimizer whose noise std follows the previous epoch's mean clipped norm."""
 
     def __init__(self, *args, base_noise: float, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.base_noise = base_noise
-        self._norm_sum = torch.zeros(())
-        self._norm_count = 0
+        self.tracker = NoiseTracker(base_noise=base_noise, clip=self.max_grad_norm)
 
     def clip_and_accumulate(self) -> None:
         if len(self.grad_samples[0]):
-            norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in self.grad_samples], 1).norm(2, dim=1)
-            clipped = norms.clamp(max=self.max_grad_norm)
-            self._norm_sum = self._norm_sum.to(clipped.device) + clipped.sum().detach()
-            self._norm_count += len(clipped)
+            self.tracker.record(
+                torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in self.grad_samples], 1).norm(2, dim=1)
+            )
         super().clip_and_accumulate()
 
     @property
@@ -55,15 +78,10 @@ class AdaptiveDPOptimizer(DPOptimizer):
         return self.noise_multiplier * self.max_grad_norm
 
     def end_epoch(self) -> None:
-        """Set next epoch's std to σ × this epoch's mean clipped per-sample norm."""
-        if self._norm_count:
-            mean_norm = float(self._norm_sum) / self._norm_count
-            self.noise_multiplier = self.base_noise * mean_norm / self.max_grad_norm
-        self._norm_sum, self._norm_count = torch.zeros(()), 0
+        self.noise_multiplier = self.tracker.end_epoch(self.noise_multiplier)
 
     def extra_state(self) -> dict:
-        return {"noise_multiplier": self.noise_multiplier, "norm_sum": float(self._norm_sum), "count": self._norm_count}
+        return self.tracker.state(self.noise_multiplier)
 
     def load_extra_state(self, state: dict) -> None:
-        self.noise_multiplier = state["noise_multiplier"]
-        self._norm_sum, self._norm_count = torch.tensor(state["norm_sum"]), state["count"]
+        self.noise_multiplier = self.tracker.load(state)

@@ -22,6 +22,7 @@ from opacus import PrivacyEngine
 from torch import nn
 
 from gsdefense.errors import ConfigError
+from gsdefense.training.adaptive import NoiseTracker
 from gsdefense.training.per_sample import BookKeepingClippedSum, VmapClippedSum, bk_unsupported
 
 FAST_MODES = ("auto", "bk", "vmap")
@@ -67,8 +68,8 @@ class FastDPOptimizer:
         self.noise_multiplier, self.max_grad_norm = noise_multiplier, max_grad_norm
         self.expected_batch_size, self.generator = expected_batch_size, generator
         self.accountant, self.sample_rate = accountant, sample_rate
-        self.adaptive, self.base_noise = adaptive, noise_multiplier
-        self._norm_sum, self._norm_count = torch.zeros(()), 0
+        self.adaptive = adaptive
+        self.tracker = NoiseTracker(base_noise=noise_multiplier, clip=max_grad_norm)
 
     @property
     def noise_std(self) -> float:
@@ -90,9 +91,7 @@ class FastDPOptimizer:
         if len(x):
             sums, loss_sum, norms = self.clipped_sum(x, y, clip=clip, scale=scale)
             if self.adaptive:
-                clipped = norms.detach().clamp(max=clip).sum()
-                self._norm_sum = self._norm_sum.to(clipped.device) + clipped
-                self._norm_count += len(x)
+                self.tracker.record(norms)
         else:  # an empty Poisson batch is still a step: the update is pure noise
             sums, loss_sum = [torch.zeros_like(p) for p in self.params], torch.zeros((), device=x.device)
         for p, s in zip(self.params, sums):
@@ -105,17 +104,14 @@ class FastDPOptimizer:
 
     def end_epoch(self) -> None:
         """Adaptive only: next epoch's σ = base σ × this epoch's mean clipped norm / C."""
-        if self.adaptive and self._norm_count:
-            mean_norm = float(self._norm_sum) / self._norm_count
-            self.noise_multiplier = self.base_noise * mean_norm / self.max_grad_norm
-        self._norm_sum, self._norm_count = torch.zeros(()), 0
+        if self.adaptive:
+            self.noise_multiplier = self.tracker.end_epoch(self.noise_multiplier)
 
     def extra_state(self) -> dict:
-        return {"noise_multiplier": self.noise_multiplier, "norm_sum": float(self._norm_sum), "count": self._norm_count}
+        return self.tracker.state(self.noise_multiplier)
 
     def load_extra_state(self, state: dict) -> None:
-        self.noise_multiplier = state["noise_multiplier"]
-        self._norm_sum, self._norm_count = torch.tensor(state["norm_sum"]), state["count"]
+        self.noise_multiplier = self.tracker.load(state)
 
 
 def make_fast_private(
