@@ -31,7 +31,13 @@ def cache_key(kind: str, spec: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _cached(path: Path, load: Callable[[Path], Any], save: Callable[[Path, Any], None], compute: Callable[[], Any]):
+def cached_entry(
+    path: Path, load: Callable[[Path], Any], save: Callable[[Path, Any], None], compute: Callable[[], Any]
+) -> tuple[Any, bool]:
+    """The entry at ``path``, or ``compute()`` saved there, under a per-entry file lock; ``(entry, hit)``.
+
+    The building block of the typed caches below; use it directly for entries of another shape.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
@@ -52,7 +58,7 @@ def cached_json(
     Returns ``(entry, hit)`` where ``hit`` says whether it came from disk.
     """
     path = Path(cache_dir) / kind / f"{cache_key(kind, spec)}.json"
-    return _cached(
+    return cached_entry(
         path,
         lambda p: json.loads(p.read_text())["result"],
         lambda p, result: write_json(p, {"spec": spec, "result": result}),
@@ -73,4 +79,4 @@ def cached_tensors(
         atomic_write(p, lambda fh: torch.save({k: v.detach().cpu() for k, v in tensors.items()}, fh), mode="wb")
         write_json(p.with_suffix(".json"), {"spec": spec})
 
-    return _cached(path, lambda p: torch.load(p, map_location="cpu", weights_only=True), save, compute)
+    return cached_entry(path, lambda p: torch.load(p, map_location="cpu", weights_only=True), save, compute)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from gsdefense.cache import _cached, cache_key
+from gsdefense.cache import cache_key, cached_entry
 from gsdefense.errors import ConfigError
 from gsdefense.io import atomic_write, write_json
 from gsdefense.registry import Registry
@@ -91,7 +91,7 @@ def pretrained(plan: Plan, *, dp) -> Pretrained:
         atomic_write(p, lambda fh: torch.save(entry, fh), mode="wb")
         write_json(p.with_suffix(".json"), {"spec": spec})
 
-    entry, hit = _cached(path, lambda p: torch.load(p, map_location="cpu", weights_only=True), save, compute)
+    entry, hit = cached_entry(path, lambda p: torch.load(p, map_location="cpu", weights_only=True), save, compute)
     log.info("pretrained model %s (%s)", path.name, "cached" if hit else "trained")
     meta = json.loads(entry["meta"])
     return Pretrained(

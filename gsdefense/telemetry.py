@@ -90,9 +90,11 @@ class GradientProbe:
         """Keep a hook-free copy of ``model``'s structure; call before Opacus wraps it.
 
         Opacus' backward hooks cannot run under ``torch.func``; the twin is only
-        ever called functionally, with the live model's parameters.
+        ever called functionally, with the live model's parameters. ``scope: last_layer``
+        needs no backward pass, so no twin.
         """
-        self.twin = copy.deepcopy(model).eval()
+        if self.cfg.scope == "all":
+            self.twin = copy.deepcopy(model).eval()
 
     @torch.no_grad()
     def _last_layer(self, model: nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

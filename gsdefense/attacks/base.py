@@ -79,6 +79,25 @@ def check_ratio(poison_ratio: float) -> None:
         )
 
 
+def check_budget(*, poison_ratio: float | None, n_poisons: int | None) -> None:
+    """Exactly one of ``poison_ratio`` and ``n_poisons`` is set; the ratio lies in [0, 1), the count is >= 0."""
+    if (poison_ratio is None) == (n_poisons is None):
+        raise ConfigError(
+            "attack.n_poisons",
+            f"set exactly one of attack.poison_ratio and attack.n_poisons (got {poison_ratio} and {n_poisons}).",
+            "e.g. attack.n_poisons=100 attack.poison_ratio=null, or attack.n_poisons=null attack.poison_ratio=0.05.",
+        )
+    if poison_ratio is not None:
+        check_ratio(poison_ratio)
+    if n_poisons is not None and n_poisons < 0:
+        raise ConfigError("attack.n_poisons", f"must be >= 0 (got {n_poisons}).", "pass a count such as 100.")
+
+
+def poison_count(*, poison_ratio: float | None, n_poisons: int | None, n_train: int) -> int:
+    """The number of poisons for a clean training set of ``n_train`` samples."""
+    return n_poisons if n_poisons is not None else round(poison_ratio * n_train)
+
+
 def check_target(target_class: int | None, data: DataBundle) -> None:
     if target_class is not None and not 0 <= target_class < data.num_classes:
         raise ConfigError(

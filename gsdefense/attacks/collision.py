@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, pick
-from gsdefense.attacks.budget import check_budget, poison_count
+from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_budget, pick, poison_count
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
 

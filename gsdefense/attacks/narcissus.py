@@ -31,8 +31,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_target, pick
-from gsdefense.attacks.budget import check_budget, poison_count
+from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_budget, check_target, pick, poison_count
 from gsdefense.cache import cached_tensors
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError

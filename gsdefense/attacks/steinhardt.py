@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from gsdefense.attacks.base import Attack, PoisonedSet, RunContext
-from gsdefense.attacks.budget import check_budget, poison_count
+from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_budget, poison_count
 from gsdefense.attacks.feasible import FeasibleSet
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
