@@ -199,9 +199,16 @@ def test_design_sweep_runs_as_one_slurm_job_array(slurm, design_sweep):
         assert (sweep / ".submitit" / folder / f"{folder}_0_result.pkl").exists()
         assert f"job_id={folder}," in (sweep / ".submitit" / folder / f"{folder}_0_log.out").read_text()
 
-    # Slurm's accounting saw all six tasks finish (sacct is what submitit polls).
-    rows = slurm_cmd(slurm, "sacct", "-j", array_id, "-X", "-n", "-P", "-o", "JobID,JobName,State").splitlines()
-    assert sorted(rows) == [f"{array_id}_{i}|gsd-design|COMPLETED" for i in range(6)]
+    # Slurm's accounting saw all six tasks finish (sacct is what submitit polls). A task's result file can
+    # land before slurmdbd records its end, so give accounting a bounded moment to catch up.
+    expected = [f"{array_id}_{i}|gsd-design|COMPLETED" for i in range(6)]
+    deadline = time.time() + 60
+    while True:
+        rows = slurm_cmd(slurm, "sacct", "-j", array_id, "-X", "-n", "-P", "-o", "JobID,JobName,State").splitlines()
+        if sorted(rows) == expected or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert sorted(rows) == expected
 
     # GSDEFENSE_CACHE_DIR reached the jobs: their clean references are cached there.
     assert any(cache.rglob("*")), f"nothing cached in {cache}"
