@@ -23,7 +23,7 @@ from gsdefense.io import atomic_write, write_json
 log = logging.getLogger(__name__)
 
 #: Bump when the training code changes what a cached entry would contain.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: DP noise streams seeded per entry (noise_seed)
 
 
 def cache_key(kind: str, spec: dict[str, Any]) -> str:
@@ -50,6 +50,15 @@ def cached_entry(
         return result, False
 
 
+def noise_seed(key: str) -> int:
+    """A DP noise seed derived from a run's or entry's key: distinct configs draw independent noise."""
+    return int(hashlib.sha256(f"noise:{key}".encode()).hexdigest()[:15], 16)
+
+
+def json_path(cache_dir: str | Path, kind: str, spec: dict[str, Any]) -> Path:
+    return Path(cache_dir) / kind / f"{cache_key(kind, spec)}.json"
+
+
 def cached_json(
     cache_dir: str | Path, kind: str, spec: dict[str, Any], compute: Callable[[], dict]
 ) -> tuple[dict, bool]:
@@ -57,7 +66,7 @@ def cached_json(
 
     Returns ``(entry, hit)`` where ``hit`` says whether it came from disk.
     """
-    path = Path(cache_dir) / kind / f"{cache_key(kind, spec)}.json"
+    path = json_path(cache_dir, kind, spec)
     return cached_entry(
         path,
         lambda p: json.loads(p.read_text())["result"],

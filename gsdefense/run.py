@@ -14,6 +14,8 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gsdefense import metrics as M
-from gsdefense.cache import cache_key, cached_json
+from gsdefense.cache import cache_key, cached_json, noise_seed
 from gsdefense.io import atomic_write, write_csv, write_json
-from gsdefense.plan import SETTINGS, Plan, prepare
+from gsdefense.plan import GROUPS, SETTINGS, Plan, prepare
 from gsdefense.scenario import TrialRunner, epsilon_note, fit, pretrained
 from gsdefense.telemetry import GradientProbe, original_exports
 from gsdefense.training.checkpoint import Checkpointer, checkpoint_config
@@ -36,16 +38,26 @@ NOT_IN_RUN_ID = {"hydra", "threads", "cache_dir", "save_model", "resume", "check
 assert NOT_IN_RUN_ID - {"hydra"} <= set(SETTINGS)
 
 
+def reference_spec(plan: Plan, *, dp) -> dict:
+    """What determines a clean reference model (its cache key): the same setup, scenario included, unpoisoned."""
+    return dict(plan.spec, dp=dataclasses.asdict(dp) if dp else None, scenario=dataclasses.asdict(plan.scenario))
+
+
+def reference_entry(plan: Plan, result: TrainResult) -> dict:
+    if result.status != "ok":
+        return {"clean_acc": None, "status": result.status}
+    return {"clean_acc": M.accuracy(M.predict(result.model, plan.data.x_test), plan.data.y_test), "status": "ok"}
+
+
 def reference_accuracy(plan: Plan, *, dp) -> float | None:
     """Clean test accuracy of the same setup (scenario included) trained without poison; cached."""
-    spec = dict(plan.spec, dp=dataclasses.asdict(dp) if dp else None, scenario=dataclasses.asdict(plan.scenario))
+    spec = reference_spec(plan, dp=dp)
     label = "reference" + ("-dp" if dp else "")
 
     def compute() -> dict:
-        result = fit(plan, plan.data.x_train, plan.data.y_train, dp=dp, desc=label)
-        if result.status != "ok":
-            return {"clean_acc": None, "status": result.status}
-        return {"clean_acc": M.accuracy(M.predict(result.model, plan.data.x_test), plan.data.y_test), "status": "ok"}
+        seed = noise_seed(cache_key("reference", spec))
+        return reference_entry(plan, fit(plan, plan.data.x_train, plan.data.y_train, dp=dp, desc=label,
+                                         noise_seed=seed))  # fmt: skip
 
     entry, hit = cached_json(plan.cache_dir, "reference", spec, compute)
     log.info("%s clean_acc=%s (%s)", label, entry["clean_acc"], "cached" if hit else "trained")
@@ -74,12 +86,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     if cfg.resume and (done := completed(output_dir, ident)) is not None:
         log.info("run %s is already complete in %s; skipping (resume=false recomputes)", ident, output_dir)
         return done
-    checkpoint = checkpoint_config(cfg.checkpoint)
-    checkpointer = None
-    if checkpoint.every_n_epochs:
-        checkpointer = Checkpointer(output_dir / "checkpoint.pt", every_n_epochs=checkpoint.every_n_epochs, tag=ident)
-        if not cfg.resume:
-            checkpointer.clear()
+    checkpointer = checkpointer_for(cfg, output_dir, tag=ident)
     plan = prepare(cfg)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -87,16 +94,56 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     if getattr(plan.attack, "targeted", False):
         metrics = _run_targeted(plan, output_dir)
     else:
-        metrics = _run_poisoned(plan, output_dir, checkpointer=checkpointer, save_model=cfg.save_model)
+        poisoned = poison(plan)
+        result = fit(plan, poisoned.x, poisoned.y, dp=plan.dp, desc="train", evaluate=poisoned.evaluate,
+                     probe=poisoned.probe(plan), checkpointer=checkpointer, noise_seed=run_noise_seed(cfg))  # fmt: skip
+        acc_ref = reference_accuracy(plan, dp=None)
+        acc_ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else acc_ref
+        metrics = finish(plan, poisoned, result, output_dir, acc_ref=acc_ref, acc_ref_dp=acc_ref_dp,
+                         save_model=cfg.save_model)  # fmt: skip
+    return complete(metrics, ident=ident, start=start, plan=plan, output_dir=output_dir, checkpointer=checkpointer)
+
+
+def complete(metrics: dict, *, ident: str, start: float, plan: Plan, output_dir: Path, checkpointer) -> dict:
+    """Write metrics.json last (atomically) and drop the checkpoint: the run is complete."""
     metrics = {"run_id": ident, **metrics, "seconds": time.perf_counter() - start, "device": str(plan.device)}
     write_json(output_dir / "metrics.json", metrics)
     if checkpointer is not None:
-        checkpointer.clear()  # the run is complete; model.pt keeps the weights
+        checkpointer.clear()  # model.pt keeps the weights
     return metrics
 
 
-def _run_poisoned(plan: Plan, output_dir: Path, *, checkpointer: Checkpointer | None, save_model: bool) -> dict:
-    """Poison, sanitise, train once, evaluate against the references."""
+def checkpointer_for(cfg: DictConfig, output_dir: Path, *, tag: str) -> Checkpointer | None:
+    """The run's per-epoch checkpointer (None when off); ``resume: false`` discards an old checkpoint."""
+    checkpoint = checkpoint_config(cfg.checkpoint)
+    if not checkpoint.every_n_epochs:
+        return None
+    checkpointer = Checkpointer(output_dir / "checkpoint.pt", every_n_epochs=checkpoint.every_n_epochs, tag=tag)
+    if not cfg.resume:
+        checkpointer.clear()
+    return checkpointer
+
+
+@dataclass
+class Poisoned:
+    """The training set a run sees (poisoned, then sanitised) and how the run is evaluated."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    is_poison: torch.Tensor
+    n_poison: int
+    defense_info: dict
+    evaluate: Callable[[torch.nn.Module], dict]
+
+    def probe(self, plan: Plan) -> GradientProbe | None:
+        if not plan.telemetry.enabled:
+            return None
+        clip, noise = (plan.dp.clip, plan.dp.noise) if plan.dp else (None, None)
+        return GradientProbe(plan.telemetry, x=self.x, y=self.y, is_poison=self.is_poison, clip=clip, noise=noise)
+
+
+def poison(plan: Plan) -> Poisoned:
+    """Poison the training set, apply the sanitisation defense, prepare the evaluation."""
     data = plan.data
     poisoned = plan.attack.poison(data, generator=torch.Generator().manual_seed(plan.seed), context=plan.context)
     poisoned, defense_info = plan.defense.apply(poisoned, data=data)
@@ -105,16 +152,12 @@ def _run_poisoned(plan: Plan, output_dir: Path, *, checkpointer: Checkpointer | 
     def evaluate(model: torch.nn.Module) -> dict:
         return M.evaluate(model, data.x_test, data.y_test, attack=plan.attack, triggered=triggered)
 
-    probe = None
-    if plan.telemetry.enabled:
-        clip, noise = (plan.dp.clip, plan.dp.noise) if plan.dp else (None, None)
-        probe = GradientProbe(plan.telemetry, x=poisoned.x, y=poisoned.y, is_poison=poisoned.is_poison,
-                              clip=clip, noise=noise)  # fmt: skip
-    result = fit(plan, poisoned.x, poisoned.y, dp=plan.dp, desc="train", evaluate=evaluate, probe=probe,
-                 checkpointer=checkpointer)  # fmt: skip
-    acc_ref = reference_accuracy(plan, dp=None)
-    acc_ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else acc_ref
+    return Poisoned(poisoned.x, poisoned.y, poisoned.is_poison, poisoned.n_poison, defense_info, evaluate)
 
+
+def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path, *, acc_ref, acc_ref_dp,
+           save_model: bool) -> dict:  # fmt: skip
+    """Evaluate a trained run against its references; write model.pt, history.csv and telemetry exports."""
     ok = result.status == "ok"
     final = result.history[-1] if ok else {}
     model, clean = result.model, ~poisoned.is_poison
@@ -128,7 +171,7 @@ def _run_poisoned(plan: Plan, output_dir: Path, *, checkpointer: Checkpointer | 
     if save_model:
         atomic_write(output_dir / "model.pt", lambda fh: torch.save(model.state_dict(), fh), mode="wb")
     write_csv(output_dir / "history.csv", result.history)
-    if probe is not None:
+    if plan.telemetry.enabled:
         write_original_exports(output_dir, result)
     return {
         "status": result.status,
@@ -150,7 +193,7 @@ def _run_poisoned(plan: Plan, output_dir: Path, *, checkpointer: Checkpointer | 
         "n_train": len(poisoned.y),
         "n_poison": poisoned.n_poison,
         "poison_ratio": poisoned.n_poison / len(poisoned.y),
-        **defense_info,
+        **poisoned.defense_info,
         **plan.attack.extra_metrics(),
     }
 
@@ -183,6 +226,13 @@ def run_id(cfg: DictConfig) -> str:
     """A deterministic id: the hash of the resolved config, without paths and execution settings."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return cache_key("run", {k: v for k, v in resolved.items() if k not in NOT_IN_RUN_ID})
+
+
+def run_noise_seed(cfg: DictConfig) -> int:
+    """The run's DP noise seed: a hash of what it trains (groups and seed), so every config of a grid draws
+    independent noise, fused or not, while telemetry or execution settings leave it unchanged."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return noise_seed(cache_key("noise", {k: resolved[k] for k in (*GROUPS, "seed")}))
 
 
 def failure_metrics(error: BaseException, cfg: DictConfig | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gsdefense.training.dp import DPSGDConfig, make_private
-from gsdefense.training.loop import _poisson_batches
+from gsdefense.training.loop import poisson_batches
 
 N, D, K = 64, 6, 3
 
@@ -104,7 +104,7 @@ def test_noise_std_is_noise_times_clip(clip: float, noise: float):
 
 def test_poisson_batches_have_rate_q_and_one_epoch_is_one_over_q_steps():
     gen = torch.Generator().manual_seed(0)
-    sizes = [len(b) for _ in range(50) for b in _poisson_batches(1000, 0.05, generator=gen, device=torch.device("cpu"))]
+    sizes = [len(b) for _ in range(50) for b in poisson_batches(1000, 0.05, generator=gen, device=torch.device("cpu"))]
     assert len(sizes) == 50 * 20
     assert sum(sizes) / len(sizes) == pytest.approx(50, rel=0.03)
     # Poisson sampling: the batch size is Binomial(n, q), so it must vary.

@@ -114,6 +114,12 @@ class FastDPOptimizer:
         self.noise_multiplier = self.tracker.load(state)
 
 
+def poisson_rate(n_train: int, batch_size: int) -> tuple[float, int]:
+    """Opacus' DPDataLoader rate q = 1/ceil(n/batch_size), and its expected batch size int(q·n)."""
+    sample_rate = 1.0 / -(-n_train // batch_size)
+    return sample_rate, int(n_train * sample_rate)
+
+
 def make_fast_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -127,8 +133,7 @@ def make_fast_private(
     """The fast twin of ``dp.make_private``: same q = 1/ceil(n/batch_size), same accountant, no hooks."""
     from gsdefense.training.dp import PrivateTraining
 
-    steps = -(-n_train // batch_size)
-    sample_rate = 1.0 / steps
+    sample_rate, expected_batch_size = poisson_rate(n_train, batch_size)
     engine = PrivacyEngine(accountant=cfg.accountant)
     fast = FastDPOptimizer(
         optimizer,
@@ -136,7 +141,7 @@ def make_fast_private(
         mode=resolve_mode(cfg.grad_sample_mode, model),
         noise_multiplier=cfg.noise,
         max_grad_norm=cfg.clip,
-        expected_batch_size=int(n_train * sample_rate),
+        expected_batch_size=expected_batch_size,
         generator=noise_generator,
         accountant=engine.accountant,
         sample_rate=sample_rate,

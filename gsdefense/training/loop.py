@@ -40,7 +40,7 @@ class TrainResult:
     accountant_history: list = field(default_factory=list)
 
 
-def _epochs(first: int, total: int, desc: str):
+def epoch_range(first: int, total: int, desc: str):
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
 
@@ -48,12 +48,12 @@ def _epochs(first: int, total: int, desc: str):
     return range(first, total + 1)
 
 
-def _vanilla_batches(n: int, batch_size: int, *, generator: torch.Generator, device: torch.device):
+def vanilla_batches(n: int, batch_size: int, *, generator: torch.Generator, device: torch.device):
     perm = torch.randperm(n, generator=generator, device=device)
     return perm.split(batch_size)
 
 
-def _poisson_batches(n: int, sample_rate: float, *, generator: torch.Generator, device: torch.device):
+def poisson_batches(n: int, sample_rate: float, *, generator: torch.Generator, device: torch.device):
     for _ in range(round(1 / sample_rate)):
         yield (torch.rand(n, generator=generator, device=device) < sample_rate).nonzero().squeeze(1)
 
@@ -71,6 +71,7 @@ def train(
     checkpointer: Checkpointer | None = None,
     accountant_history: list | None = None,
     keep_accountant: bool = False,
+    noise_seed: int | None = None,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` on ``(x, y)`` for ``optimizer_cfg.epochs`` epochs.
@@ -81,6 +82,7 @@ def train(
     resumes from its last checkpoint and saves a new one every few epochs.
     ``accountant_history`` seeds the DP accountant with earlier private phases;
     ``keep_accountant`` returns its history in ``result.accountant_history``.
+    The DP noise stream is seeded with ``noise_seed`` (default ``seed + 1``).
     """
     device = x.device
     n = len(y)
@@ -92,7 +94,7 @@ def train(
     if probe is not None:
         probe.attach(model)
     if dp is not None:
-        noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        noise_gen = torch.Generator(device=device).manual_seed(seed + 1 if noise_seed is None else noise_seed)
         private = private_training(
             model, optimizer, cfg=dp, n_train=n, batch_size=optimizer_cfg.batch_size, noise_generator=noise_gen
         )
@@ -120,12 +122,12 @@ def train(
         result.epsilon, step, first_epoch = state["epsilon"], state["step"], state["epoch"] + 1
         start -= state["seconds"]
     probe_every = probe.cfg.every_n_steps if probe is not None else None
-    for epoch in _epochs(first_epoch, optimizer_cfg.epochs, desc):
+    for epoch in epoch_range(first_epoch, optimizer_cfg.epochs, desc):
         module.train()
         if private is None:
-            batches = _vanilla_batches(n, optimizer_cfg.batch_size, generator=sampler, device=device)
+            batches = vanilla_batches(n, optimizer_cfg.batch_size, generator=sampler, device=device)
         else:
-            batches = _poisson_batches(n, private.sample_rate, generator=sampler, device=device)
+            batches = poisson_batches(n, private.sample_rate, generator=sampler, device=device)
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for idx in batches:

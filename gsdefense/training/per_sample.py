@@ -30,11 +30,13 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
+from gsdefense.training.stacked import StackedConv2d, StackedGroupNorm, StackedLinear, StackedModel
+
 Result = tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]  # s·Σ c_i g_i per parameter, Σ ℓ_i, ‖g_i‖
 ClippedSum = Callable[..., Result]
 
 
-def clip_factors(norms: torch.Tensor, clip: float, scale: float) -> torch.Tensor:
+def clip_factors(norms: torch.Tensor, clip: float | torch.Tensor, scale: float) -> torch.Tensor:
     """s · c_i = s · min(1, C / (‖g_i‖ + 1e-6)), c_i as Opacus computes it."""
     c = (clip / (norms + 1e-6)).clamp_(max=1.0)
     return c if scale == 1.0 else c.mul_(scale)
@@ -64,14 +66,22 @@ class VmapClippedSum:
         return [torch.einsum("b,b...->...", c, grads[k]) for k in self.names], losses.detach().sum(), norms
 
 
+def _member_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Σ_i c_mi · g_mi per member: c (M, B), g (M·B, …) member-major → (M, …)."""
+    m, b = c.shape
+    return torch.bmm(c.unsqueeze(1), g.reshape(m, b, -1)).view(m, *g.shape[1:])
+
+
 def _linear(m: nn.Linear, a: torch.Tensor, b: torch.Tensor):
     if a.dim() == 2:  # ghost norm: ‖b aᵀ‖² = ‖a‖²‖b‖², and ‖bias grad‖² = ‖b‖²
         b_sq = (b * b).sum(1)
         sq = b_sq * ((a * a).sum(1) + 1.0) if m.bias is not None else b_sq * (a * a).sum(1)
 
         def ghost_weighted(c):
-            cb = b * c[:, None]
-            return [cb.T.mm(a)] + ([cb.sum(0)] if m.bias is not None else [])
+            members = len(c)
+            cb = (b * c.reshape(-1, 1)).view(members, -1, b.shape[-1])
+            w = torch.bmm(cb.transpose(1, 2), a.view(members, -1, a.shape[-1]))
+            return [w] + ([cb.sum(1)] if m.bias is not None else [])
 
         return sq, ghost_weighted
     a, b = a.reshape(len(a), -1, a.shape[-1]), b.reshape(len(b), -1, b.shape[-1])  # (B, T, in), (B, T, out)
@@ -80,7 +90,7 @@ def _linear(m: nn.Linear, a: torch.Tensor, b: torch.Tensor):
     sq = gw.pow(2).sum((1, 2)) + (gb.pow(2).sum(1) if gb is not None else 0.0)
 
     def weighted(c):
-        return [torch.einsum("b,boi->oi", c, gw)] + ([c @ gb] if gb is not None else [])
+        return [_member_sum(c, gw)] + ([_member_sum(c, gb)] if gb is not None else [])
 
     return sq, weighted
 
@@ -108,20 +118,23 @@ def _conv2d(m: nn.Conv2d, x: torch.Tensor, out_grad: torch.Tensor):
         sq = (torch.bmm(a.transpose(1, 2), a) * torch.bmm(b.transpose(1, 2), b)).sum((1, 2))
 
         def weight_sum(c):
-            return torch.einsum("bol,bkl->ok", b * c[:, None, None], a)
+            members = len(c)
+            cb = (b * c.reshape(-1, 1, 1)).view(members, -1, o, length)
+            return torch.einsum("mbol,mbkl->mok", cb, a.view(members, -1, k, length))
 
     else:
         gw = torch.bmm(b, a.transpose(1, 2)).view(n, -1)  # (B, o·k)
         sq = (gw * gw).sum(1)
 
         def weight_sum(c):
-            return c @ gw
+            return _member_sum(c, gw)
 
     if gb is not None:
         sq = sq + (gb * gb).sum(1)
 
     def weighted(c):
-        return [weight_sum(c).view_as(m.weight)] + ([c @ gb] if gb is not None else [])
+        w = weight_sum(c).reshape(len(c), *m.weight.shape[-4:])
+        return [w] + ([_member_sum(c, gb)] if gb is not None else [])
 
     return sq, weighted
 
@@ -131,10 +144,17 @@ def _group_norm(m: nn.GroupNorm, x: torch.Tensor, out_grad: torch.Tensor):
     dims = tuple(range(2, x.dim()))
     gw, gb = (xhat * out_grad).sum(dims), out_grad.sum(dims)
     sq = gw.pow(2).sum(1) + gb.pow(2).sum(1)
-    return sq, lambda c: [c @ gw, c @ gb]
+    return sq, lambda c: [_member_sum(c, gw), _member_sum(c, gb)]
 
 
-LAYERS = {nn.Linear: _linear, nn.Conv2d: _conv2d, nn.GroupNorm: _group_norm}
+LAYERS = {
+    nn.Linear: _linear,
+    nn.Conv2d: _conv2d,
+    nn.GroupNorm: _group_norm,
+    StackedLinear: _linear,
+    StackedConv2d: _conv2d,
+    StackedGroupNorm: _group_norm,
+}
 
 
 def bk_unsupported(model: nn.Module) -> str | None:
@@ -153,7 +173,12 @@ def bk_unsupported(model: nn.Module) -> str | None:
 
 
 class BookKeepingClippedSum:
-    """Clipped per-sample-gradient sums from layer inputs and output gradients (one backward)."""
+    """Clipped per-sample-gradient sums from layer inputs and output gradients (one backward).
+
+    For a ``StackedModel`` of M members, ``members`` gives every member's clipped sums at
+    once, each member with its own clip C_m: the layers' outputs carry all members, and
+    ∂(Σ_m L_m)/∂z_m = ∂L_m/∂z_m because members share no parameters.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         reason = bk_unsupported(model)
@@ -165,6 +190,11 @@ class BookKeepingClippedSum:
         self.order = [order[id(p)] for m in self.layers for p in m.parameters(recurse=False) if p.requires_grad]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, clip: float, scale: float = 1.0) -> Result:
+        sums, losses, norms = self.members(x, y, clip=clip, scale=scale)
+        return [s[0] for s in sums], losses.sum(), norms[0]
+
+    def members(self, x: torch.Tensor, y: torch.Tensor, *, clip: float | torch.Tensor, scale: float = 1.0) -> Result:
+        """Per member m: s·Σ_i c_mi g_mi (M, …) per parameter, Σ_i ℓ_mi (M,), ‖g_mi‖ (M, B)."""
         seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def capture(module, inputs, output):
@@ -178,13 +208,15 @@ class BookKeepingClippedSum:
         finally:
             for h in handles:
                 h.remove()
-        total = F.cross_entropy(out, y, reduction="sum")
-        out_grads = torch.autograd.grad(total, [seen[m][1] for m in self.layers])
+        out = out if isinstance(self.model, StackedModel) else out[None]
+        members = len(out)
+        losses = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.repeat(members), reduction="none")
+        out_grads = torch.autograd.grad(losses.sum(), [seen[m][1] for m in self.layers])
         parts = [LAYERS[type(m)](m, seen[m][0].detach(), g) for m, g in zip(self.layers, out_grads)]
-        norms = sum(sq for sq, _ in parts).sqrt()
+        norms = sum(sq for sq, _ in parts).sqrt().view(members, -1)
         c = clip_factors(norms, clip, scale)
         sums = [s for _, weighted in parts for s in weighted(c)]
         ordered: list[torch.Tensor] = [torch.empty(0)] * len(sums)
         for i, s in zip(self.order, sums):
             ordered[i] = s
-        return ordered, total.detach(), norms
+        return ordered, losses.detach().view(members, -1).sum(1), norms
