@@ -65,8 +65,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare(cfg: DictConfig) -> Plan:
-    """Validate ``cfg`` and load data; raises ConfigError before any training."""
+def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
+    """Validate ``cfg`` and load data; raises ConfigError before any training.
+
+    ``data``: the already loaded dataset of another job with the same dataset, seed and device (fused groups).
+    """
     unknown = set(cfg.keys()) - TOP_LEVEL_KEYS - {"hydra"}
     if unknown:
         raise ConfigError(", ".join(sorted(unknown)), "is not a known top-level key.", f"use {sorted(TOP_LEVEL_KEYS)}.")
@@ -85,7 +88,7 @@ def prepare(cfg: DictConfig) -> Plan:
     ATTACKS.config(cfg.attack)
     MODELS.config(cfg.model)
     dataset_cfg = DATASETS.config(cfg.dataset)
-    data = load_dataset(cfg.dataset, seed=seed).to(device)
+    data = data if data is not None else load_dataset(cfg.dataset, seed=seed).to(device)
     cache_dir = Path(str(cfg.cache_dir)).expanduser()
     context = RunContext(
         seed=seed,

@@ -35,21 +35,21 @@ DESIGN = ["dp.clip=0.1,1,4", "dp.noise=0.4,4.0", "attack=blend"]
 KILL_BOUND_S = 120
 
 
-def slurm_overrides(name: str) -> list[str]:
+def slurm_overrides(name: str, *, launcher: str = "slurm", node: str = "hydra.launcher") -> list[str]:
     """hydra/launcher=slurm, sized for the CPU-only test node, over whatever conf/local/slurm.yaml sets."""
     return [
-        "hydra/launcher=slurm",
-        f"hydra.launcher.name={name}",
-        "hydra.launcher.partition=null",
-        "hydra.launcher.account=null",
-        "hydra.launcher.qos=null",
-        "hydra.launcher.gpus_per_node=0",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=1",
-        "hydra.launcher.timeout_min=10",
-        "hydra.launcher.additional_parameters={}",
+        f"hydra/launcher={launcher}",
+        f"{node}.name={name}",
+        f"{node}.partition=null",
+        f"{node}.account=null",
+        f"{node}.qos=null",
+        f"{node}.gpus_per_node=0",
+        f"{node}.cpus_per_task=1",
+        f"{node}.mem_gb=1",
+        f"{node}.timeout_min=10",
+        f"{node}.additional_parameters={{}}",
         # Two runs share the node's 2 cores: more threads than cores makes torch crawl.
-        'hydra.launcher.setup=["export OMP_NUM_THREADS=1"]',
+        f'{node}.setup=["export OMP_NUM_THREADS=1"]',
     ]
 
 
@@ -316,6 +316,23 @@ def test_requeued_job_resumes_and_ends_ok(slurm, tmp_path, interrupt):
     with open(sweep / "0" / "history.csv", newline="") as fh:
         epochs = [int(row["epoch"]) for row in csv.DictReader(fh)]
     assert epochs == list(range(1, 31)), "the resumed history must hold every epoch once"
+
+
+def test_fused_sweep_trains_a_group_in_one_slurm_task(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = slurm_overrides("gsd-fused", launcher="fused_slurm", node="hydra.launcher.submitit")
+    proc = run_cli("-m", *DESIGN, *TINY, *overrides, f"hydra.sweep.dir={sweep}",
+                   env={**slurm, "GSDEFENSE_CACHE_DIR": str(tmp_path / "cache")}, timeout=400)  # fmt: skip
+    assert wait_until_gone(slurm, "gsd-fused"), "the sweep's jobs stayed in the queue"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "6 ok" in proc.stderr
+    for run in range(6):
+        metrics = json.loads((sweep / str(run) / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["fused_group_size"] == 6, (run, metrics)
+        assert (sweep / str(run) / ".hydra" / "overrides.yaml").exists()
+    # All six runs trained in one Slurm task.
+    tasks = [p for p in (sweep / ".submitit").iterdir() if p.is_dir() and "_" in p.name]
+    assert len(tasks) == 1, tasks
 
 
 # --- the same sweep machinery without Slurm -------------------------------------------------------

@@ -1,0 +1,171 @@
+"""``hydra/launcher=fused``: train the jobs of a sweep that differ only in ``vary`` keys together.
+
+The launcher groups the multirun's jobs with ``gsdefense.fuse.group_jobs`` and runs
+each group in one process (``gsdefense.fuse.run_group``): in this process one group
+after another, or, with a ``submitit`` node (``hydra/launcher=fused_slurm`` or
+``fused_local``), one submitit job per group, so a Slurm array task trains a whole
+group. Every job still gets its own output dir with ``.hydra/`` (written here by
+Hydra's ``run_job``), ``metrics.json``, ``history.csv``, … A job that cannot fuse
+runs on its own, as with the basic launcher, after a log line saying why.
+
+This module is imported whenever Hydra scans for plugins: it imports neither
+torch nor gsdefense at import time.
+"""
+
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+# The keys a fused group's members may differ in; gsdefense.fuse.FUSABLE (a test keeps them equal).
+FUSABLE = ["dp.clip", "dp.noise", "dp.delta", "optimizer.lr"]
+# submitit's executor-independent parameters; the others get the cluster's prefix (slurm_partition, …).
+BASE_PARAMS = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
+               "stderr_to_stdout"}  # fmt: skip
+
+
+@dataclass
+class FusedLauncherConf:
+    _target_: str = "hydra_plugins.gsdefense_fused.fused_launcher.FusedLauncher"
+    _recursive_: bool = False  # `submitit` carries the submitit launcher's _target_: a node to read, not to build
+    # At most this many runs train together; bounds memory (M copies of the model, its activations
+    # and per-sample gradient terms). 40 MLP/CNN members fit easily on a CPU; lower it for resnet18.
+    max_group_size: int = 40
+    # Config keys the members of a group may differ in; everything else must be equal.
+    vary: list[str] = field(default_factory=lambda: list(FUSABLE))
+    # null: the groups run one after another in this process. A hydra-submitit-launcher node
+    # (hydra/launcher=fused_slurm or fused_local set it): one submitit job per group.
+    submitit: Any | None = None
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="gsdefense")
+
+
+class FusedLauncher(Launcher):
+    def __init__(self, max_group_size: int = 40, vary: Sequence[str] = tuple(FUSABLE), submitit: Any = None) -> None:
+        if max_group_size < 1:
+            raise ValueError(f"hydra.launcher.max_group_size must be >= 1 (got {max_group_size})")
+        self.max_group_size, self.vary = max_group_size, list(vary)
+        self.submitit_params = OmegaConf.to_container(submitit, resolve=True) if submitit is not None else None
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from gsdefense.fuse import group_jobs
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        sweep_configs = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = cfg.hydra.job.num = idx
+            sweep_configs.append(cfg)
+        task_cfgs = [_without_hydra(c) for c in sweep_configs]
+        groups = group_jobs(task_cfgs, vary=self.vary, max_group_size=self.max_group_size)
+        log.info("Launching %d jobs as %d fused groups", len(job_overrides), len(groups))
+        returns: list[JobReturn | None] = [None] * len(sweep_configs)
+        pending = []  # (indices, JobReturns, output dirs) of the groups still to train
+        for indices, reason in groups:
+            for i in indices:
+                log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(job_overrides[i])))
+            if reason is not None:
+                log.info("\t#%d runs alone: %s", initial_job_idx + indices[0], reason)
+                if self.submitit_params is None:
+                    returns[indices[0]] = self._run_job(sweep_configs[indices[0]], self.task_function)
+                    continue
+            rets = [self._run_job(sweep_configs[i], _pending) for i in indices]  # writes each job's .hydra/
+            pending.append((indices, rets))
+        metrics = self._train(pending, task_cfgs)
+        for (indices, rets), group_metrics in zip(pending, metrics):
+            for i, ret, m in zip(indices, rets, group_metrics):
+                ret.return_value, ret.status = m, JobStatus.COMPLETED
+                returns[i] = ret
+        return returns  # type: ignore[return-value]
+
+    def _run_job(self, cfg: DictConfig, task_function) -> JobReturn:
+        ret = run_job(hydra_context=self.hydra_context, task_function=task_function, config=cfg,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")  # fmt: skip
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def _train(self, pending, task_cfgs) -> list[list[dict]]:
+        args = []
+        for indices, rets in pending:
+            dirs = [Path(r.hydra_cfg.hydra.runtime.output_dir) for r in rets]
+            logs = [d / f"{r.hydra_cfg.hydra.job.name}.log" for d, r in zip(dirs, rets)]  # the job's own log file
+            args.append(([task_cfgs[i] for i in indices], dirs, logs))
+        if self.submitit_params is None:
+            return [GroupTask()(*a) for a in args]
+        executor = _executor(dict(self.submitit_params))
+        jobs = executor.map_array(GroupTask(), *zip(*args)) if args else []
+        log.info("Submitted %d submitit jobs to %s: %s", len(jobs), executor.cluster, ", ".join(j.job_id for j in jobs))
+        out = []
+        for job, (cfgs, dirs, _) in zip(jobs, args):
+            try:
+                out.append(job.results()[0])
+            except Exception as err:  # noqa: BLE001 - a crashed group is recorded, the sweep goes on
+                from gsdefense.fuse import record_failure
+
+                out.append([record_failure(d, err, c) for c, d in zip(cfgs, dirs)])
+        return out
+
+
+class GroupTask(submitit.helpers.Checkpointable):
+    """One group's training; on preemption or timeout submitit requeues it and it resumes from checkpoints."""
+
+    def __call__(self, cfgs: list[DictConfig], output_dirs: list[Path], log_files: list[Path]) -> list[dict]:
+        from gsdefense.fuse import run_group
+
+        handlers = [logging.FileHandler(f) for f in log_files]
+        root = logging.getLogger()
+        if not root.handlers:  # a fresh submitit process: log to its stdout as well
+            logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        for h in handlers:
+            h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            root.addHandler(h)
+        try:
+            return run_group(cfgs, output_dirs)
+        finally:
+            for h in handlers:
+                root.removeHandler(h)
+                h.close()
+
+
+def _pending(cfg: DictConfig) -> dict:
+    return {"status": "pending", "error": "the fused group has not finished"}
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    task = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def _executor(params: dict) -> submitit.AutoExecutor:
+    """A submitit executor from a hydra-submitit-launcher node, as that launcher builds it."""
+    target = params.pop("_target_", "")
+    cluster = "slurm" if target.endswith("SlurmLauncher") else "local"
+    folder = params.pop("submitit_folder")
+    init = {f"{cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **init)
+    executor.update_parameters(**{k if k in BASE_PARAMS else f"{cluster}_{k}": v for k, v in params.items()})
+    return executor
