@@ -10,7 +10,7 @@
     subprocess per arm: the RSS high-water mark (Linux ``VmHWM``, reset through
     ``/proc/self/clear_refs`` after data loading and warm-up; else ``ru_maxrss``) minus the RSS
     before the epoch. ``tracemalloc`` does not see torch's CPU allocations.
-(c), fused grids, is not implemented (no fused launcher yet).
+(c), fused grids, is in ``benchmarks/fused_grid.py``.
 
 lr, mlp and cnn train on the embedded digits data (1347 × 1×8×8); resnet18 on a random
 CIFAR-shaped set (``--resnet-n`` × 3×32×32). Every arm runs in this one process,
@@ -113,7 +113,7 @@ def _memory(arm: str, name: str, args) -> float:
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["mib"]
 
 
-def _rss_kib(field: str) -> int | None:
+def rss_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -130,13 +130,13 @@ def _worker(arm: str, name: str, args) -> None:
     gc.collect()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
-        before = _rss_kib("VmRSS")
+        before = rss_kib("VmRSS")
     except OSError:
         before = None
     if before is None:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     run_arm(arm, name, x, y, shape, batch_size=bs)
-    peak = _rss_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = rss_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"mib": (peak - before) / 1024}))
 
 

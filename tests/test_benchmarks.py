@@ -16,6 +16,8 @@ from tests.conftest import ROOT
         ("dp_overhead.py", ["--repeats", "1", "--models", "mlp"], ["mlp"]),
         ("speed.py", ["--repeats", "1", "--epochs", "1", "--models", "mlp", "--arms", "vanilla", "bk", "opacus_loop",
                       "--memory"], ["mlp"]),
+        ("fused_grid.py", ["--models", "mlp", "--epochs", "1", "--clips", "0.5", "1", "--noises", "0", "1", "--runs",
+                           "--memory"], ["mlp", "train"]),
         ("telemetry_overhead.py", ["--repeats", "1", "--epochs", "1", "--models", "mlp", "--datasets", "digits"],
          ["digits", "mlp"]),
     ],
