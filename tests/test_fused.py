@@ -213,3 +213,14 @@ def test_fused_local_launcher_runs_each_group_in_a_submitit_process(tmp_path, cl
     assert "4 ok" in proc.stderr and "as 2 fused groups" in proc.stdout + proc.stderr
     assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 2
     assert all(json.loads((sweep / str(j) / "metrics.json").read_text())["fused_group_size"] == 2 for j in range(4))
+
+
+@pytest.mark.parametrize(
+    "override, named", [("hydra.launcher.vary=[model.name]", "hydra.launcher.vary"),
+                        ("hydra.launcher.max_group_size=0", "hydra.launcher.max_group_size")]
+)  # fmt: skip
+def test_bad_fused_launcher_settings_fail_before_any_job(tmp_path, cli, override: str, named: str):
+    proc = cli("-m", "hydra/launcher=fused", override, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode != 0
+    assert named in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("sweep/*/metrics.json"))

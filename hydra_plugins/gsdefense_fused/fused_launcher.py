@@ -56,6 +56,9 @@ class FusedLauncher(Launcher):
     def __init__(self, max_group_size: int = 40, vary: Sequence[str] = tuple(FUSABLE), submitit: Any = None) -> None:
         if max_group_size < 1:
             raise ValueError(f"hydra.launcher.max_group_size must be >= 1 (got {max_group_size})")
+        unknown = [k for k in vary if k not in FUSABLE]
+        if unknown:
+            raise ValueError(f"hydra.launcher.vary: {unknown} cannot differ within a fused group; use {FUSABLE}")
         self.max_group_size, self.vary = max_group_size, list(vary)
         self.submitit_params = OmegaConf.to_container(submitit, resolve=True) if submitit is not None else None
         self.config: DictConfig | None = None
