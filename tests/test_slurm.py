@@ -149,6 +149,17 @@ def wait_until_gone(env: dict[str, str], name: str, timeout: float = 30) -> bool
     return True
 
 
+def sacct_rows(env: dict[str, str], args: list[str], *, done, timeout: float = 60) -> list[str]:
+    """``sacct ARGS`` rows, polled until ``done(rows)`` or ``timeout`` seconds: a task's result can land
+    before slurmdbd records its end, so accounting gets a bounded moment to catch up."""
+    deadline = time.time() + timeout
+    while True:
+        rows = slurm_cmd(env, "sacct", *args).splitlines()
+        if done(rows) or time.time() > deadline:
+            return rows
+        time.sleep(1)
+
+
 def cancel_leftovers(env: dict[str, str], name: str, proc: subprocess.Popen) -> None:
     """After a test: stop its sweep if it still runs, and cancel whatever it left in the queue."""
     if proc.poll() is None:
@@ -199,15 +210,10 @@ def test_design_sweep_runs_as_one_slurm_job_array(slurm, design_sweep):
         assert (sweep / ".submitit" / folder / f"{folder}_0_result.pkl").exists()
         assert f"job_id={folder}," in (sweep / ".submitit" / folder / f"{folder}_0_log.out").read_text()
 
-    # Slurm's accounting saw all six tasks finish (sacct is what submitit polls). A task's result file can
-    # land before slurmdbd records its end, so give accounting a bounded moment to catch up.
+    # Slurm's accounting saw all six tasks finish (sacct is what submitit polls).
     expected = [f"{array_id}_{i}|gsd-design|COMPLETED" for i in range(6)]
-    deadline = time.time() + 60
-    while True:
-        rows = slurm_cmd(slurm, "sacct", "-j", array_id, "-X", "-n", "-P", "-o", "JobID,JobName,State").splitlines()
-        if sorted(rows) == expected or time.time() > deadline:
-            break
-        time.sleep(1)
+    rows = sacct_rows(slurm, ["-j", array_id, "-X", "-n", "-P", "-o", "JobID,JobName,State"],
+                      done=lambda rows: sorted(rows) == expected)  # fmt: skip
     assert sorted(rows) == expected
 
     # GSDEFENSE_CACHE_DIR reached the jobs: their clean references are cached there.
@@ -297,7 +303,8 @@ def test_requeued_job_resumes_and_ends_ok(slurm, tmp_path, interrupt):
         cancel_leftovers(slurm, name, proc)
 
     assert proc.returncode == 0, err[-3000:]
-    states = slurm_cmd(slurm, "sacct", "-j", job, "-D", "-X", "-n", "-P", "-o", "State").splitlines()
+    states = sacct_rows(slurm, ["-j", job, "-D", "-X", "-n", "-P", "-o", "State"],
+                        done=lambda rows: bool(rows) and rows[-1] == "COMPLETED")  # fmt: skip
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
 
     attempts = log.read_text().split("Starting with JobEnvironment")[1:]
@@ -330,9 +337,9 @@ def test_fused_sweep_trains_a_group_in_one_slurm_task(slurm, tmp_path):
         metrics = json.loads((sweep / str(run) / "metrics.json").read_text())
         assert metrics["status"] == "ok" and metrics["fused_group_size"] == 6, (run, metrics)
         assert (sweep / str(run) / ".hydra" / "overrides.yaml").exists()
-    # All six runs trained in one Slurm task.
-    tasks = [p for p in (sweep / ".submitit").iterdir() if p.is_dir() and "_" in p.name]
-    assert len(tasks) == 1, tasks
+    # All six runs trained in one Slurm task: one submitit result.
+    results = list(sweep.glob(".submitit/*/*_result.pkl"))
+    assert len(results) == 1, results
 
 
 # --- the same sweep machinery without Slurm -------------------------------------------------------
