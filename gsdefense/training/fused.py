@@ -171,7 +171,7 @@ def _end_epoch(st: _Member, k: int, stacked, *, epoch: int, train_loss: float, e
         result.epsilon = st.private.epsilon()
         row["noise_std"] = spec.dp.noise * spec.dp.clip
     row["epsilon"] = result.epsilon
-    model = load_member(stacked, k, spec.model)
+    model = load_member(stacked, k, spec.model).eval()
     if not math.isfinite(train_loss) or not all(torch.isfinite(p).all() for p in model.parameters()):
         result.status, result.diverged_epoch, st.active = "diverged", epoch, False
         result.history.append(row)
