@@ -196,7 +196,7 @@ def train_references(plans: list[Plan]) -> None:
                                desc="reference") for key, (plan, dp, _) in todo]  # fmt: skip
         plan0 = todo[0][1][0]
         log.info("training %d clean references fused", len(todo))
-        results = train_fused(members, plan0.data.x_train, plan0.data.y_train, seed=plan0.seed)
+        results = train_fused(members, plan0.data.x_train, plan0.data.y_train, seed=plan0.seed, desc="reference")
         for (_, (plan, _, spec)), result in zip(todo, results):
             cached_json(plan.cache_dir, "reference", spec, lambda p=plan, r=result: reference_entry(p, r))
 

@@ -110,8 +110,10 @@ def popen_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def wait_for_log(sweep: Path, folder: str, text: str, proc: subprocess.Popen, timeout: float = 120) -> tuple[str, Path]:
-    """Wait until the submitit stdout of the job in ``.submitit/<folder>`` shows ``text``.
+def wait_for_log(
+    sweep: Path, folder: str, text: str, proc: subprocess.Popen, timeout: float = 120, stream: str = "out"
+) -> tuple[str, Path]:
+    """Wait until the submitit stdout (``stream="err"``: stderr) of the job in ``.submitit/<folder>`` shows ``text``.
 
     Returns the Slurm job id (the folder's name: ``<array id>_<task>``, or ``<id>`` for a lone
     job) and the log's path.
@@ -119,7 +121,7 @@ def wait_for_log(sweep: Path, folder: str, text: str, proc: subprocess.Popen, ti
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the sweep ended before its job logged {text!r}:\n{proc.stderr.read()[-3000:]}"
-        for log in sweep.glob(f".submitit/{folder}/*_0_log.out"):
+        for log in sweep.glob(f".submitit/{folder}/*_0_log.{stream}"):
             if text in log.read_text():
                 return log.parent.name, log
         time.sleep(0.25)
@@ -340,6 +342,45 @@ def test_fused_sweep_trains_a_group_in_one_slurm_task(slurm, tmp_path):
     # All six runs trained in one Slurm task: one submitit result.
     results = list(sweep.glob(".submitit/*/*_result.pkl"))
     assert len(results) == 1, results
+
+
+FUSED_EPOCH = re.compile(r"\btrain fused×2 epoch (\d+)/(\d+)\b")
+
+
+def test_requeued_fused_group_resumes_from_its_members_checkpoints(slurm, tmp_path):
+    """A fused group requeued mid-training continues every member from its checkpoint and ends ok."""
+    name = f"gsd-fused-requeue-{os.getpid()}"
+    sweep, epochs = tmp_path / "sweep", 120
+    overrides = slurm_overrides(name, launcher="fused_slurm", node="hydra.launcher.submitit")
+    proc = popen_cli("-m", "dp.clip=0.5,2", f"optimizer.epochs={epochs}", "optimizer.batch_size=16", *overrides,
+                     f"hydra.sweep.dir={sweep}", env=slurm)  # fmt: skip
+    try:
+        # a group logs through submitit's root handler, to the task's stderr
+        job, log = wait_for_log(sweep, "*", f"train fused×2 epoch 3/{epochs}", proc, stream="err")
+        slurm_cmd(slurm, "scontrol", "requeue", job)
+        deadline = time.monotonic() + 60
+        while slurm_cmd(slurm, "squeue", "-h", "-j", job, "-o", "%T").strip() != "PENDING":
+            assert time.monotonic() < deadline, f"job {job} was not requeued"
+            time.sleep(0.25)
+        slurm_cmd(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        _, err = finish(proc, 300, f"job {job} was requeued")
+    finally:
+        cancel_leftovers(slurm, name, proc)
+
+    assert proc.returncode == 0, err[-3000:]
+    attempts = log.read_text().split("training 2 runs fused")[1:]  # each attempt says so once, first
+    assert len(attempts) == 2, f"expected 2 starts of job {job}, got {len(attempts)}"
+    first = [int(m[1]) for m in FUSED_EPOCH.finditer(attempts[0])]
+    second = [int(m[1]) for m in FUSED_EPOCH.finditer(attempts[1])]
+    assert first and max(first) >= 3, first
+    if second:  # the first attempt may have finished training in the seconds Slurm gives it
+        assert 1 < second[0] <= max(first) + 1, (first, second)
+        assert second == list(range(second[0], epochs + 1)), second
+    for run in range(2):
+        metrics = json.loads((sweep / str(run) / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["fused_group_size"] == 2, metrics
+        with open(sweep / str(run) / "history.csv", newline="") as fh:
+            assert [int(row["epoch"]) for row in csv.DictReader(fh)] == list(range(1, epochs + 1))
 
 
 # --- the same sweep machinery without Slurm -------------------------------------------------------

@@ -79,7 +79,9 @@ class _Member:
         return {k: g for k, g in gens.items() if g is not None}
 
 
-def train_fused(members: list[FusedMember], x: torch.Tensor, y: torch.Tensor, *, seed: int) -> list[TrainResult]:
+def train_fused(
+    members: list[FusedMember], x: torch.Tensor, y: torch.Tensor, *, seed: int, desc: str = "train"
+) -> list[TrainResult]:
     """Train every member on ``(x, y)``; returns one ``TrainResult`` per member, as ``loop.train`` would."""
     first = members[0]
     dp, schedule = first.dp, first.optimizer
@@ -99,7 +101,7 @@ def train_fused(members: list[FusedMember], x: torch.Tensor, y: torch.Tensor, *,
         step, first_epoch = resumed["step"], resumed["epoch"] + 1
         start -= resumed["seconds"]
     probe_every = first.probe.cfg.every_n_steps if first.probe is not None else None
-    desc = f"fused×{len(members)}"
+    desc = f"{desc} fused×{len(members)}"
     for epoch in epoch_range(first_epoch, schedule.epochs, desc):
         stacked.train()
         if dp is None:

@@ -12,8 +12,8 @@ This module is imported whenever Hydra scans for plugins: it imports neither
 torch nor gsdefense at import time.
 """
 
-
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,16 +137,20 @@ class GroupTask(submitit.helpers.Checkpointable):
     def __call__(self, cfgs: list[DictConfig], output_dirs: list[Path], log_files: list[Path]) -> list[dict]:
         from gsdefense.fuse import run_group
 
-        handlers = [logging.FileHandler(f) for f in log_files]
+        fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        handlers: list[logging.Handler] = [logging.FileHandler(f) for f in log_files]  # each job's own log
         root = logging.getLogger()
-        if not root.handlers:  # a fresh submitit process: log to its stdout as well
-            logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        if not any(type(h) is logging.StreamHandler for h in root.handlers):  # a submitit process: its stdout too
+            handlers.append(logging.StreamHandler(sys.stdout))
+        level = root.level
+        root.setLevel(min(level, logging.INFO) if level else logging.INFO)
         for h in handlers:
-            h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            h.setFormatter(fmt)
             root.addHandler(h)
         try:
             return run_group(cfgs, output_dirs)
         finally:
+            root.setLevel(level)
             for h in handlers:
                 root.removeHandler(h)
                 h.close()
