@@ -116,12 +116,9 @@ def run_group(cfgs: list[DictConfig], output_dirs: list[Path]) -> list[dict]:
             metrics[i] = done
             continue
         try:
-            # group_jobs puts only jobs with one dataset, seed and device together: load the data once
-            shared = (
-                jobs[0].plan.data if jobs and fusion_key(cfg, FUSABLE) == fusion_key(jobs[0].cfg, FUSABLE) else None
-            )
+            shared = jobs[0].plan.data if jobs and _same_data(cfg, jobs[0].cfg) else None  # load the data once
             jobs.append(_Job(i, cfg, out, ident, prepare(cfg, data=shared)))
-        except ConfigError as err:
+        except Exception as err:  # noqa: BLE001 - a bad member is recorded, the others train
             metrics[i] = record_failure(out, err, cfg)
     if len(jobs) == 1:  # the others are complete or invalid
         jobs[0].plan = None
