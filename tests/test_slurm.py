@@ -151,6 +151,15 @@ def wait_until_gone(env: dict[str, str], name: str, timeout: float = 30) -> bool
     return True
 
 
+def release_requeued(env: dict[str, str], job: str) -> None:
+    """Slurm holds a requeued job back for ~2 minutes; release it as soon as it is pending."""
+    deadline = time.monotonic() + 60
+    while slurm_cmd(env, "squeue", "-h", "-j", job, "-o", "%T").strip() != "PENDING":
+        assert time.monotonic() < deadline, f"job {job} was not requeued"
+        time.sleep(0.25)
+    slurm_cmd(env, "scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
 def sacct_rows(env: dict[str, str], args: list[str], *, done, timeout: float = 60) -> list[str]:
     """``sacct ARGS`` rows, polled until ``done(rows)`` or ``timeout`` seconds: a task's result can land
     before slurmdbd records its end, so accounting gets a bounded moment to catch up."""
@@ -294,12 +303,7 @@ def test_requeued_job_resumes_and_ends_ok(slurm, tmp_path, interrupt):
             slurm_cmd(slurm, "scontrol", "requeue", job)
         else:
             slurm_cmd(slurm, "scancel", "--signal=USR2", job)
-        # Slurm holds a requeued job back for ~2 minutes; release it as soon as it is pending.
-        deadline = time.monotonic() + 60
-        while slurm_cmd(slurm, "squeue", "-h", "-j", job, "-o", "%T").strip() != "PENDING":
-            assert time.monotonic() < deadline, f"job {job} was not requeued"
-            time.sleep(0.25)
-        slurm_cmd(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        release_requeued(slurm, job)
         _, err = finish(proc, 240, f"job {job} was requeued")
     finally:
         cancel_leftovers(slurm, name, proc)
@@ -358,11 +362,7 @@ def test_requeued_fused_group_resumes_from_its_members_checkpoints(slurm, tmp_pa
         # a group logs through submitit's root handler, to the task's stderr
         job, log = wait_for_log(sweep, "*", f"train fused×2 epoch 3/{epochs}", proc, stream="err")
         slurm_cmd(slurm, "scontrol", "requeue", job)
-        deadline = time.monotonic() + 60
-        while slurm_cmd(slurm, "squeue", "-h", "-j", job, "-o", "%T").strip() != "PENDING":
-            assert time.monotonic() < deadline, f"job {job} was not requeued"
-            time.sleep(0.25)
-        slurm_cmd(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        release_requeued(slurm, job)
         _, err = finish(proc, 300, f"job {job} was requeued")
     finally:
         cancel_leftovers(slurm, name, proc)
