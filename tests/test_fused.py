@@ -224,3 +224,13 @@ def test_bad_fused_launcher_settings_fail_before_any_job(tmp_path, cli, override
     assert proc.returncode != 0
     assert named in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("sweep/*/metrics.json"))
+
+
+def test_a_diverging_member_stops_and_the_others_train_on():
+    x, y = _data("mlp", 128)
+    members = [FusedMember(model=_model("mlp"), optimizer=SGDConfig(lr=lr, batch_size=32, epochs=3),
+                           dp=None, noise_seed=0) for lr in (0.05, 1e30)]  # fmt: skip
+    ok, diverged = train_fused(members, x, y, seed=0)
+    assert ok.status == "ok" and len(ok.history) == 3
+    assert diverged.status == "diverged" and diverged.diverged_epoch == 1 and len(diverged.history) == 1
+    assert torch.isfinite(_flat(ok.model)).all()

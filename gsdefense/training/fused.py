@@ -130,9 +130,11 @@ def train_fused(
             if st.active:
                 _end_epoch(st, k, stacked, epoch=epoch, train_loss=train_loss[k], elapsed=elapsed)
         _save(states, stacked, optimizer, sampler, epoch=epoch, step=step, elapsed=elapsed, last=schedule.epochs)
+        active = sum(st.active for st in states)
         if not sys.stderr.isatty():
-            active = sum(st.active for st in states)
             log.info("%s epoch %d/%d: %d of %d members training", desc, epoch, schedule.epochs, active, len(states))
+        if not active:
+            break  # every member diverged
     for k, st in enumerate(states):
         if st.active:
             load_member(stacked, k, st.spec.model)
