@@ -39,7 +39,7 @@ from gsdefense.run import (
     run_noise_seed,
 )  # fmt: skip
 from gsdefense.training.fused import FusedMember, train_fused
-from gsdefense.training.stacked import stackable
+from gsdefense.training.per_sample import bk_unsupported
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _train_group(jobs: list[_Job], start: float) -> list[dict]:
     if first.cfg.threads is not None:
         torch.set_num_threads(first.cfg.threads)
     poisoned = [poison(j.plan) for j in jobs]
-    reason = stackable(first.plan.build_model())
+    reason = bk_unsupported(first.plan.build_model())  # fusing stacks exactly the layers book-keeping handles
     for p in poisoned[1:]:
         if reason is None and not (torch.equal(p.x, poisoned[0].x) and torch.equal(p.y, poisoned[0].y)):
             reason = "the members' poisoned training sets differ (the attack depends on a fused key)"

@@ -210,7 +210,8 @@ class BookKeepingClippedSum:
                 h.remove()
         out = out if isinstance(self.model, StackedModel) else out[None]
         members = len(out)
-        losses = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.repeat(members), reduction="none")
+        labels = y if members == 1 else y.repeat(members)
+        losses = F.cross_entropy(out.reshape(-1, out.shape[-1]), labels, reduction="none")
         out_grads = torch.autograd.grad(losses.sum(), [seen[m][1] for m in self.layers])
         parts = [LAYERS[type(m)](m, seen[m][0].detach(), g) for m, g in zip(self.layers, out_grads)]
         norms = sum(sq for sq, _ in parts).sqrt().view(members, -1)

@@ -110,15 +110,6 @@ def stack_models(models: list[nn.Module]) -> StackedModel:
     return StackedModel(body, len(models))
 
 
-def stackable(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be stacked, or None."""
-    try:
-        stack_models([model])
-    except ValueError as err:
-        return str(err)
-    return None
-
-
 @torch.no_grad()
 def load_member(stacked: StackedModel, member: int, model: nn.Module) -> nn.Module:
     """Copy member ``member``'s parameters into ``model`` (same architecture, unstacked)."""
