@@ -15,14 +15,14 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from gsdefense.cache import cache_key, cached_entry
+from gsdefense.cache import StaleEntry, cache_key, cached_entry, load_tensor_entry, save_tensor_entry
 from gsdefense.errors import ConfigError
-from gsdefense.io import atomic_write, write_json
 from gsdefense.registry import Registry
 from gsdefense.training.loop import TrainResult, train
 
@@ -85,17 +85,28 @@ def pretrained(plan: Plan, *, dp) -> Pretrained:
         if result.status != "ok":
             raise RuntimeError(f"pretraining diverged at epoch {result.diverged_epoch}; lower optimizer.lr")
         meta = {"history": result.history, "accountant": result.accountant_history, "epsilon": result.epsilon}
-        return {"state": result.model.state_dict(), "meta": json.dumps(meta)}
+        return {"tensors": result.model.state_dict(), "meta": json.dumps(meta)}
 
-    def save(p, entry: dict) -> None:
-        atomic_write(p, lambda fh: torch.save(entry, fh), mode="wb")
-        write_json(p.with_suffix(".json"), {"spec": spec})
+    def load(p: Path) -> dict:
+        entry = load_tensor_entry(p, spec)
+        expected = plan.build_model().state_dict()
+        if set(entry["tensors"]) != set(expected) or any(
+            entry["tensors"][k].shape != v.shape for k, v in expected.items()
+        ):
+            raise StaleEntry("its weights do not fit this model")
+        meta = json.loads(entry["meta"])
+        if not isinstance(meta, dict) or not {"history", "accountant", "epsilon"} <= set(meta):
+            raise StaleEntry("its metadata is incomplete")
+        return entry
 
-    entry, hit = cached_entry(path, lambda p: torch.load(p, map_location="cpu", weights_only=True), save, compute)
+    def save(p: Path, entry: dict) -> None:
+        save_tensor_entry(p, spec, entry["tensors"], entry["meta"])
+
+    entry, hit = cached_entry(path, load, save, compute)
     log.info("pretrained model %s (%s)", path.name, "cached" if hit else "trained")
     meta = json.loads(entry["meta"])
     return Pretrained(
-        state={k: v.to(plan.device) for k, v in entry["state"].items()},
+        state={k: v.to(plan.device) for k, v in entry["tensors"].items()},
         history=meta["history"],
         accountant_history=meta["accountant"],
         epsilon=meta["epsilon"],
