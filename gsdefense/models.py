@@ -1,8 +1,10 @@
 """Models from Hong et al. Table 4, plus a DP-compatible ResNet-18.
 
-Every model starts with ``Normalize`` so that data and attacks stay in pixel
-space while the network sees standardised inputs. Input shape and number of
-classes always come from the dataset.
+Every model's first module maps pixel space to what the network sees, so that data and attacks stay in
+pixel space: ``Normalize((x - mean) / std)`` when the dataset's ``input_norm`` gives statistics, or
+``nn.Identity`` when it is ``none`` (raw pixels, as Hong et al.'s code). The Identity keeps the module indices
+(``0`` = input map, ``1`` = network) the same either way, so only the ``0.mean``/``0.std`` buffers differ
+between the two state dicts. Input shape and number of classes always come from the dataset.
 """
 
 from __future__ import annotations
@@ -54,8 +56,12 @@ class ResNetConfig:
     groups: int = 32  # GroupNorm groups; BatchNorm mixes samples, which per-sample DP forbids
 
 
-def _wrap(body: nn.Module, mean: torch.Tensor, std: torch.Tensor, ndim: int) -> nn.Sequential:
-    return nn.Sequential(Normalize(mean, std, ndim), body)
+def _wrap(body: nn.Module, mean: torch.Tensor | None, std: torch.Tensor | None, ndim: int) -> nn.Sequential:
+    """``[input map, body]``: Normalize with ``mean``/``std``, or the identity when both are None (raw inputs)."""
+    if (mean is None) != (std is None):
+        raise ValueError("pass both mean and std (standardised inputs) or neither (raw inputs)")
+    first = nn.Identity() if mean is None else Normalize(mean, std, ndim)
+    return nn.Sequential(first, body)
 
 
 @MODELS.register("lr", LRConfig)
@@ -144,6 +150,9 @@ def resnet18(cfg: ResNetConfig, *, input_shape: tuple[int, ...], num_classes: in
     return _wrap(net, mean, std, 3)
 
 
-def build_model(node, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
+def build_model(
+    node, *, input_shape: tuple[int, ...], num_classes: int, mean: torch.Tensor | None, std: torch.Tensor | None
+) -> nn.Module:
+    """The ``model`` option for this data; ``mean``/``std`` from ``DataBundle`` (None: raw inputs, Identity)."""
     cfg = MODELS.config(node)
     return MODELS.builder(node)(cfg, input_shape=input_shape, num_classes=num_classes, mean=mean, std=std)

@@ -17,6 +17,9 @@ from sklearn.datasets import load_digits
 
 from gsdefense.data import DATASETS, load_dataset
 from gsdefense.errors import ConfigError, DatasetNotFoundError
+from gsdefense.models import build_model
+from gsdefense.plan import prepare
+from tests.conftest import compose_cfg
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 FASHION_NAMES = (
@@ -43,9 +46,13 @@ def _check_bundle(b, *, shape: tuple[int, ...], n_train: int, n_test: int, k: in
     for x in (b.x_train, b.x_test):
         assert x.min() >= 0.0 and x.max() <= 1.0
     dims = [d for d in range(b.x_train.dim()) if d != 1]
-    assert b.mean.shape == b.std.shape == (shape[0],)
-    torch.testing.assert_close(b.mean, b.x_train.mean(dim=dims))
-    torch.testing.assert_close(b.std, b.x_train.std(dim=dims))
+    if b.input_norm == "none":
+        assert b.mean is None and b.std is None
+    else:
+        assert b.input_norm == "standardize"
+        assert b.mean.shape == b.std.shape == (shape[0],)
+        torch.testing.assert_close(b.mean, b.x_train.mean(dim=dims))
+        torch.testing.assert_close(b.std, b.x_train.std(dim=dims))
 
 
 # --- scikit-learn sets -------------------------------------------------------------------------------------------
@@ -114,12 +121,83 @@ def test_bad_config_values_name_the_field(node: dict, field: str) -> None:
     assert err.value.field == field
 
 
+# --- input_norm: what reaches the network ---------------------------------------------------------------------------
+
+
+def _first_layer_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The tensor the model's first Linear/Conv2d receives for input ``x``."""
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d))
+    seen = []
+    handle = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("model", ["lr", "mlp", "cnn"])
+def test_digits_feed_raw_unit_pixels_to_the_network_by_default(model: str) -> None:
+    plan = prepare(compose_cfg(f"model={model}", "attack=none", "device=cpu"))
+    net = plan.build_model()
+    assert isinstance(net[0], torch.nn.Identity) and plan.data.input_norm == "none"
+    seen = _first_layer_input(net, plan.data.x_train)
+    expected = plan.data.x_train if model == "cnn" else plan.data.x_train.flatten(1)
+    assert torch.equal(seen, expected) and seen.min() == 0.0 and seen.max() == 1.0
+
+
+def test_breast_cancer_is_standardised_with_training_statistics() -> None:
+    plan = prepare(compose_cfg("dataset=breast_cancer", "model=lr", "attack=none", "device=cpu"))
+    seen = _first_layer_input(plan.build_model(), plan.data.x_train)
+    torch.testing.assert_close(seen.mean(0), torch.zeros(30), atol=1e-5, rtol=0)
+    torch.testing.assert_close(seen.std(0), torch.ones(30), atol=1e-5, rtol=0)
+
+
+def test_input_norm_options_and_stable_state_dicts() -> None:
+    node = OmegaConf.create({"name": "mlp", "hidden": 8})
+    nets, seen = {}, {}
+    for norm in ("none", "standardize", "symmetric"):
+        data = load_dataset({"name": "digits", "input_norm": norm}, seed=0)
+        torch.manual_seed(0)
+        nets[norm] = build_model(node, input_shape=data.input_shape, num_classes=10, mean=data.mean, std=data.std)
+        seen[norm] = _first_layer_input(nets[norm], data.x_train)
+    raw = seen["none"]
+    torch.testing.assert_close(seen["symmetric"], raw * 2 - 1)  # the box [0, 1] mapped to [-1, 1]
+    torch.testing.assert_close(seen["standardize"].mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    # Module indices stay put: only the input map's buffers differ, so the network's weights load either way.
+    keys = {norm: set(net.state_dict()) for norm, net in nets.items()}
+    assert keys["standardize"] == keys["symmetric"] == keys["none"] | {"0.mean", "0.std"}
+    nets["none"].load_state_dict({k: v for k, v in nets["standardize"].state_dict().items() if k.startswith("1.")})
+    with pytest.raises(ValueError, match="both mean and std"):
+        build_model(node, input_shape=(1, 8, 8), num_classes=10, mean=torch.zeros(1), std=None)
+
+
+def test_validation_fraction_holds_out_a_stratified_part_of_train() -> None:
+    full = load_dataset({"name": "digits"}, seed=0)
+    b = load_dataset({"name": "digits", "validation_fraction": 0.2, "input_norm": "standardize"}, seed=0)
+    counts = full.y_train.bincount()
+    assert b.y_val.bincount().tolist() == [round(0.2 * int(c)) for c in counts]
+    assert len(b.y_train) + len(b.y_val) == len(full.y_train) and torch.equal(b.x_test, full.x_test)
+    both = torch.cat([b.x_train, b.x_val]).flatten(1)
+    assert torch.equal(both.sort(0).values, full.x_train.flatten(1).sort(0).values)
+    torch.testing.assert_close(b.mean, b.x_train.mean().reshape(1))  # statistics of what is left to train on
+    assert full.x_val is None and full.y_val is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("input_norm", "zscore"), ("validation_fraction", 1.0), ("validation_fraction", -0.1)]
+)
+def test_bad_shared_dataset_keys_name_the_field(key: str, value: object) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_dataset({"name": "digits", key: value}, seed=0)
+    assert err.value.field == f"dataset.{key}"
+
+
 # --- the generic `classes` option ---------------------------------------------------------------------------------
 
 
 def test_classes_subsets_and_relabels_in_given_order() -> None:
-    full = load_dataset({"name": "digits"}, seed=0)
-    sub = load_dataset({"name": "digits", "classes": [7, 2]}, seed=0)
+    full = load_dataset({"name": "digits", "input_norm": "standardize"}, seed=0)
+    sub = load_dataset({"name": "digits", "classes": [7, 2], "input_norm": "standardize"}, seed=0)
     assert sub.num_classes == 2 and sub.class_names == ("7", "2")
     for part in ("train", "test"):
         x_full, y_full = getattr(full, f"x_{part}"), getattr(full, f"y_{part}")
@@ -158,7 +236,9 @@ def test_yaml_lists_every_key_with_its_default(option: str, monkeypatch: pytest.
     node = OmegaConf.load(CONF / f"{option}.yaml")
     cfg = DATASETS.config(node)
     assert set(node.keys()) == {f.name for f in dataclasses.fields(cfg)}
-    expected = dataclasses.replace(type(cfg)(), classes=[3, 4] if option == "fashion_mnist_3_4" else None)
+    expected = type(cfg)()
+    if option == "fashion_mnist_3_4":  # Hong et al.'s task: dress vs coat, 10,800 of the 12,000 training images
+        expected = dataclasses.replace(expected, classes=[3, 4], validation_fraction=0.1)
     if hasattr(cfg, "data_dir"):
         assert cfg.data_dir == "/somewhere/data"
         expected = dataclasses.replace(expected, data_dir="/somewhere/data")
@@ -174,14 +254,16 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def _write_fashion_mnist(root: Path, *, n_train: int, n_test: int) -> dict[str, np.ndarray]:
+def _write_fashion_mnist(
+    root: Path, *, n_train: int, n_test: int, train_labels: np.ndarray | None = None, gz: bool = True
+) -> dict[str, np.ndarray]:
     """Tiny FashionMNIST in torchvision's layout; returns the arrays written."""
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     arrays = {
         "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
+        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10 if train_labels is None else train_labels,
         "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
         "t10k-labels-idx1-ubyte": (np.arange(n_test, dtype=np.uint8) * 3) % 10,
     }
@@ -189,7 +271,8 @@ def _write_fashion_mnist(root: Path, *, n_train: int, n_test: int) -> dict[str, 
         # torchvision 0.2x never reads the downloaded .gz: it gunzips them and its _check_exists wants the
         # un-gzipped files (existence only, no md5). The .gz twins are written to mirror a real download.
         _write_idx(raw / name, array)
-        (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes()))
+        if gz:
+            (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes(), compresslevel=1))
     assert struct.unpack(">I", (raw / "train-images-idx3-ubyte").read_bytes()[:4])[0] == 2051
     assert struct.unpack(">I", (raw / "train-labels-idx1-ubyte").read_bytes()[:4])[0] == 2049
     return arrays
@@ -211,16 +294,40 @@ def test_fashion_mnist_round_trips_pixels_and_labels(tmp_path: Path) -> None:
 
 
 def test_fashion_mnist_3_4_preset_is_dress_vs_coat(tmp_path: Path) -> None:
-    arrays = _write_fashion_mnist(tmp_path, n_train=30, n_test=20)
+    arrays = _write_fashion_mnist(tmp_path, n_train=200, n_test=20)
     node = OmegaConf.load(CONF / "fashion_mnist_3_4.yaml")
     node.data_dir, node.download = str(tmp_path), False
     b = load_dataset(node, seed=0)
     assert b.name == "fashion_mnist" and b.class_names == ("Dress", "Coat")
+    assert b.input_norm == "none" and b.mean is None  # raw [0, 1] pixels reach the model, as in Hong et al.
     y_orig = arrays["train-labels-idx1-ubyte"]
-    assert b.y_train.tolist() == [0 if y == 3 else 1 for y in y_orig if y in (3, 4)]
-    dresses = torch.from_numpy(arrays["train-images-idx3-ubyte"][y_orig == 3]).float() / 255
-    torch.testing.assert_close(b.x_train[b.y_train == 0, 0], dresses)
+    images = torch.from_numpy(arrays["train-images-idx3-ubyte"]).float()[:, None] / 255
+    # 20 dresses and 20 coats: 2 of each are held out, the rest train, each part in the original order.
+    assert b.y_train.bincount().tolist() == [18, 18] and b.y_val.bincount().tolist() == [2, 2]
+    for c, orig in ((0, 3), (1, 4)):
+        kept = torch.cat([b.x_train[b.y_train == c], b.x_val[b.y_val == c]])
+        assert sorted(map(bytes, (kept * 255).round().to(torch.uint8).numpy())) == sorted(
+            map(bytes, (images[y_orig == orig] * 255).round().to(torch.uint8).numpy())
+        )
+        order = [int(((images == x).flatten(1).all(1)).nonzero()) for x in b.x_train[b.y_train == c]]
+        assert order == sorted(order)
     assert b.y_test.bincount().tolist() == [2, 2]  # test labels 3*i % 10 hit 3 and 4 twice each in 20 samples
+    other = load_dataset(OmegaConf.merge(node, {"split_seed": 1}), seed=0)
+    assert not torch.equal(other.x_val, b.x_val) and torch.equal(load_dataset(node, seed=5).x_val, b.x_val)
+
+
+def test_fashion_mnist_3_4_has_hong_sizes_10800_train_1200_validation_2000_test(tmp_path: Path) -> None:
+    # The real class sizes: 6,000 dresses and 6,000 coats among 12,000 training images (others are dropped).
+    labels = np.array([3, 4] * 6000 + [0] * 100, dtype=np.uint8)
+    _write_fashion_mnist(tmp_path, n_train=len(labels), n_test=2000, train_labels=labels, gz=False)
+    (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    _write_idx(tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte", np.array([3, 4] * 1000, np.uint8))
+    node = OmegaConf.load(CONF / "fashion_mnist_3_4.yaml")
+    node.data_dir, node.download = str(tmp_path), False
+    b = load_dataset(node, seed=0)
+    assert b.y_train.bincount().tolist() == [5400, 5400]
+    assert b.y_val.bincount().tolist() == [600, 600]
+    assert b.y_test.bincount().tolist() == [1000, 1000]
 
 
 def test_gzipped_fashion_mnist_alone_is_not_enough_without_download(tmp_path: Path) -> None:
@@ -259,8 +366,9 @@ def test_cifar10_round_trips_pickled_batches(tmp_path: Path, monkeypatch: pytest
     assert torch.equal((b.x_train * 255).round().to(torch.uint8), torch.from_numpy(pixels))
     assert b.y_train.tolist() == [y for t in train for y in t["labels"]]
     assert b.y_test.tolist() == written["test_batch"]["labels"]
-    assert b.mean.shape == (3,)
-    torch.testing.assert_close(b.mean, b.x_train.mean(dim=(0, 2, 3)))
+    # CIFAR-10 defaults to Narcissus' map [0, 1] -> [-1, 1]: (x - 0.5) / 0.5 per channel.
+    assert b.input_norm == "symmetric"
+    assert torch.equal(b.mean, torch.full((3,), 0.5)) and torch.equal(b.std, torch.full((3,), 0.5))
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ def _records(n: int, *, seed: int = 0, one_based: bool = False) -> tuple[np.ndar
 
 
 def _load(path: Path, **keys):
-    return load_dataset({"name": "purchase100", "path": str(path), **keys}, seed=0)
+    return load_dataset({"name": "purchase100", "path": str(path), "n_features": None, **keys}, seed=0)
 
 
 def test_npz_release_round_trips(tmp_path: Path) -> None:
@@ -35,7 +35,9 @@ def test_npz_release_round_trips(tmp_path: Path) -> None:
     assert b.x_train.dtype == torch.float32 and b.y_train.dtype == torch.int64 and b.box == (0.0, 1.0)
     assert torch.equal(b.x_train, torch.from_numpy(x_tr)) and b.y_train.tolist() == y_tr.tolist()
     assert torch.equal(b.x_test, torch.from_numpy(x_te)) and b.y_test.tolist() == y_te.tolist()
-    torch.testing.assert_close(b.mean, torch.from_numpy(x_tr).mean(0))
+    assert b.input_norm == "none" and b.mean is None  # binary features reach the model as they are (Hong et al.)
+    standardized = _load(tmp_path / "purchase100.npz", input_norm="standardize")
+    torch.testing.assert_close(standardized.mean, torch.from_numpy(x_tr).mean(0))
 
 
 def test_npz_with_one_hot_labels(tmp_path: Path) -> None:
@@ -112,6 +114,37 @@ def test_config_group_reads_the_env_path(tmp_path: Path, monkeypatch: pytest.Mon
     x, y = _records(100)
     np.savez(tmp_path / "p.npz", x, y, x[:20], y[:20])
     monkeypatch.setenv("GSDEFENSE_PURCHASE100", str(tmp_path / "p.npz"))
-    cfg = compose_cfg("dataset=purchase100")
+    cfg = compose_cfg("dataset=purchase100", "dataset.n_features=null")
     assert cfg.dataset.path == str(tmp_path / "p.npz")
     assert len(load_dataset(cfg.dataset, seed=0).y_test) == 20
+
+
+def test_default_keeps_the_100_most_frequent_of_600_features(tmp_path: Path) -> None:
+    # The common release has 600 binary features; Hong et al.'s records have 100 (the most purchased items).
+    rng = np.random.default_rng(3)
+    rates = rng.permutation(np.linspace(0.01, 0.6, 600))
+    x = (rng.random((400, 600)) < rates).astype(np.float32)
+    y = np.arange(400) % 100 + 1
+    path = tmp_path / "dataset_purchase"
+    np.savetxt(path, np.column_stack([y, x]), fmt="%d", delimiter=",")
+    b = load_dataset({"name": "purchase100", "path": str(path), "test_fraction": 0.25}, seed=0)
+    assert b.input_shape == (100,)
+    full = _load(path, test_fraction=0.25)
+    counts = full.x_train.sum(0)
+    kept = [int(c) for c in range(600) if any(torch.equal(full.x_train[:, c], b.x_train[:, j]) for j in range(100))]
+    assert len(kept) == 100 and counts[kept].min() >= counts.topk(100).values.min()
+    assert torch.equal(b.x_train, full.x_train[:, kept]) and torch.equal(b.x_test, full.x_test[:, kept])
+    # A file that already has exactly 100 features is used as it is; fewer than asked is an error.
+    np.savez(tmp_path / "hong.npz", x[:300, :100], y[:300] - 1, x[300:, :100], y[300:] - 1)
+    hong = load_dataset({"name": "purchase100", "path": str(tmp_path / "hong.npz")}, seed=0)
+    assert torch.equal(hong.x_train, torch.from_numpy(x[:300, :100]))
+    with pytest.raises(ConfigError) as err:
+        load_dataset({"name": "purchase100", "path": str(tmp_path / "hong.npz"), "n_features": 101}, seed=0)
+    assert err.value.field == "dataset.n_features" and "n_features=null" in str(err.value)
+
+
+def test_hong_sizes_10k_train_10k_test(tmp_path: Path) -> None:
+    x, y = _records(25_000, seed=4)
+    np.savez(tmp_path / "p.npz", x[:15_000], y[:15_000], x[15_000:], y[15_000:])
+    b = _load(tmp_path / "p.npz", n_train=10_000, n_test=10_000)
+    assert len(b.y_train) == 10_000 and len(b.y_test) == 10_000

@@ -3,14 +3,23 @@
 The data is not redistributable through a package index, so it is read from a user-supplied ``path`` in one of
 two forms:
 
-- ``.npz`` (the original release used by Hong et al.): ``arr_0, arr_1, arr_2, arr_3`` = x_train, y_train, x_test,
-  y_test. Labels may be class ids or one-hot rows.
+- ``.npz`` (the form Hong et al.'s code loads): ``arr_0, arr_1, arr_2, arr_3`` = x_train, y_train, x_test,
+  y_test, plain numeric arrays (pickled object arrays are refused). Labels may be class ids or one-hot rows.
 - CSV (the common ``dataset_purchase`` release, any other extension): one record per line, the label first, then
   the binary features; no header (a non-numeric first line is skipped as one). It has no split, so ``test_fraction``
   of the records go to the test set by a permutation fixed by ``split_seed``.
 
-Labels 1..100 (no 0 anywhere, as in the common release) are shifted to 0..99. ``n_train``/``n_test`` optionally keep a
-seeded random subset of each side (Hong et al.: 10k train and 10k test records). Features must lie in [0, 1].
+Labels 1..100 (no 0 anywhere, as in the common release) are shifted to 0..99. Features must be finite and lie in
+[0, 1]; train and test must agree in width, x and y in length.
+
+**Features.** Hong et al. use records "of size 100 (corresponding to the 100 frequently purchased items)": their
+loader reshapes Purchase records to 100 features (``analyze_tpoisoning._shape_data``), and their 20k-record npz
+(10k train + 10k test) holds 20,000 × 100 float64 values. The common release has 600 features. ``n_features``
+(default 100) keeps the ``n_features`` columns with the most ones in the training records (ties: lower column
+first; kept in column order); a file with exactly that many columns is used as is; ``null`` keeps all. The
+original's own reduction script is not published, so "most frequent" is our reading of the paper.
+
+``n_train``/``n_test`` optionally keep a seeded random subset of each side (Hong et al.: 10k and 10k).
 """
 
 from __future__ import annotations
@@ -27,61 +36,119 @@ from gsdefense.errors import ConfigError, DatasetNotFoundError
 
 NUM_CLASSES = 100
 FORMATS = (
-    "an .npz with arr_0..arr_3 = x_train, y_train, x_test, y_test; or a CSV (e.g. the common 'dataset_purchase' "
-    "file) with the label (1..100 or 0..99) first and the binary features after"
+    "an .npz with plain numeric arrays arr_0..arr_3 = x_train, y_train, x_test, y_test; or a CSV (e.g. the common "
+    "'dataset_purchase' file) with the label (1..100 or 0..99) first and the binary features after"
 )
+FIX = f"provide {FORMATS}."
 
 
 @dataclass
 class Purchase100Config(DatasetConfig):
     name: str = "purchase100"
+    input_norm: str = "none"  # binary features, fed as they are (Hong et al.)
     path: str = "data/purchase100.npz"
     test_fraction: float = 0.2  # CSV only: the share of records held out for testing
-    split_seed: int = 0
     n_train: int | None = None
     n_test: int | None = None
+    n_features: int | None = 100  # the most frequently purchased items kept (Hong et al.: 100); null = all
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError("dataset.test_fraction", f"must be in (0, 1), got {self.test_fraction}.", "e.g. 0.2.")
-        if self.split_seed < 0:
-            raise ConfigError("dataset.split_seed", f"must be >= 0, got {self.split_seed}.")
-        for key in ("n_train", "n_test"):
+        for key in ("n_train", "n_test", "n_features"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"dataset.{key}", f"must be > 0 or null, got {getattr(self, key)}.")
 
 
+def _bad(path: Path, problem: str, fix: str = FIX) -> ConfigError:
+    return ConfigError("dataset.path", f"{path} {problem}", fix)
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, ...]:
-    with np.load(path, allow_pickle=False) as arrays:
-        missing = [k for k in ("arr_0", "arr_1", "arr_2", "arr_3") if k not in arrays]
-        if missing:
-            raise ConfigError(
-                "dataset.path", f"{path} lacks {missing} (it has {sorted(arrays)}).", f"provide {FORMATS}."
-            )
-        return tuple(arrays[f"arr_{i}"] for i in range(4))
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if not hasattr(arrays, "files"):  # a bare .npy renamed .npz
+                raise _bad(path, "holds one array, not an .npz archive.")
+            missing = [k for k in ("arr_0", "arr_1", "arr_2", "arr_3") if k not in arrays.files]
+            if missing:
+                raise _bad(path, f"lacks {missing} (it has {sorted(arrays.files)}).")
+            return tuple(arrays[f"arr_{i}"] for i in range(4))
+    except ConfigError:
+        raise
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise _bad(
+                path,
+                "holds pickled (object) data, which is refused for safety (numpy allow_pickle=False).",
+                "re-save it with numeric arrays: np.savez(path, x_train, y_train, x_test, y_test) with float/int "
+                "dtypes.",
+            ) from None
+        raise _bad(path, f"is not a readable .npz ({_one_line(err)}).") from None
+    except Exception as err:  # noqa: BLE001 - zip, zlib and OS errors of a corrupt or truncated file
+        raise _bad(path, f"is not a readable .npz ({_one_line(err)}).") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
 
 
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd
 
-    frame = pd.read_csv(path, header=None)
-    if not all(pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):  # a header line makes columns text
-        frame = pd.read_csv(path, header=0)
+    try:
+        frame = pd.read_csv(path, header=None)
+        skipped = 0
+        if not all(pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes):  # a header makes columns text
+            frame, skipped = pd.read_csv(path, header=0), 1
+    except pd.errors.EmptyDataError:
+        raise _bad(path, "is empty.") from None
+    except Exception as err:  # noqa: BLE001 - ragged rows (ParserError), binary garbage (UnicodeDecodeError), OS
+        raise _bad(path, f"is not a readable CSV ({_one_line(err)}).") from None
+    if len(frame) == 0:
+        raise _bad(path, "has a header line but no records.")
     try:
         values = frame.to_numpy(dtype=np.float32)
-    except ValueError as err:
-        raise ConfigError("dataset.path", f"{path} has non-numeric values ({err}).", f"provide {FORMATS}.") from None
+    except (TypeError, ValueError) as err:
+        raise _bad(path, f"has non-numeric values ({_one_line(err)}).") from None
     if values.ndim != 2 or values.shape[1] < 2:
-        raise ConfigError("dataset.path", f"{path} needs a label column and feature columns.", f"provide {FORMATS}.")
+        raise _bad(path, "needs a label column and feature columns.")
+    holes = np.isnan(values).any(axis=1)
+    if holes.any():
+        line = int(holes.argmax()) + 1 + skipped
+        raise _bad(path, f"has missing values (line {line} is shorter than the others, or has an empty field).")
     return values[:, 1:], values[:, 0]
 
 
-def _labels(y: np.ndarray, *, path: Path) -> np.ndarray:
-    if y.ndim == 2:  # one-hot rows
+def _labels(y: np.ndarray, *, path: Path, part: str) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] == 1:  # a column vector of ids
+        y = y[:, 0]
+    elif y.ndim == 2:  # one-hot rows
         y = y.argmax(axis=1)
-    if not np.all(np.equal(np.mod(y, 1), 0)):
-        raise ConfigError("dataset.path", f"{path} has non-integer labels.", f"provide {FORMATS}.")
+    if y.ndim != 1:
+        raise _bad(path, f"has {part} labels of shape {y.shape}; expected ids (n,) or one-hot rows (n, 100).")
+    if not np.issubdtype(y.dtype, np.number) or not np.all(np.equal(np.mod(y, 1), 0)):
+        raise _bad(path, f"has non-integer or missing {part} labels.")
     return y.astype(np.int64)
+
+
+def _features(x: np.ndarray, *, path: Path, part: str) -> np.ndarray:
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise _bad(path, f"has {part} features of dtype {x.dtype}, not numbers.")
+    if x.ndim < 2:
+        raise _bad(path, f"has {part} features of shape {x.shape}; expected (records, features).")
+    x = x.reshape(len(x), -1).astype(np.float32)
+    if not np.isfinite(x).all():
+        raise _bad(path, f"has NaN or infinite {part} features.", "Purchase-100 features are binary (0/1).")
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise _bad(path, f"has {part} features outside [0, 1].", "Purchase-100 features are binary (0/1).")
+    return x
+
+
+def frequent_columns(x: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` columns of ``x`` with the largest sums (ties: lower index), ascending."""
+    order = np.argsort(-x.sum(axis=0, dtype=np.float64), kind="stable")
+    return np.sort(order[:count])
 
 
 def _subset(x: np.ndarray, y: np.ndarray, count: int | None, *, rng: np.random.Generator, key: str):
@@ -93,6 +160,35 @@ def _subset(x: np.ndarray, y: np.ndarray, count: int | None, *, rng: np.random.G
     return x[keep], y[keep]
 
 
+def _split(cfg: Purchase100Config, path: Path, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """x_train, y_train, x_test, y_test as read (npz) or split (CSV), labels 0-based, features checked."""
+    if path.suffix == ".npz":
+        x_tr, y_tr, x_te, y_te = _read_npz(path)
+        x_tr, x_te = _features(x_tr, path=path, part="train"), _features(x_te, path=path, part="test")
+        y_tr, y_te = _labels(y_tr, path=path, part="train"), _labels(y_te, path=path, part="test")
+    else:
+        x, y = _read_csv(path)
+        x, y = _features(x, path=path, part="record"), _labels(y, path=path, part="record")
+        n_test = max(1, round(cfg.test_fraction * len(y)))
+        if n_test >= len(y):
+            raise ConfigError("dataset.test_fraction", f"leaves no training record out of {len(y)}.")
+        order = rng.permutation(len(y))
+        test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+        x_tr, y_tr, x_te, y_te = x[train], y[train], x[test], y[test]
+    for part, x_part, y_part in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        if len(x_part) != len(y_part):
+            raise _bad(path, f"has {len(x_part)} {part} records but {len(y_part)} {part} labels.")
+        if len(y_part) == 0:
+            raise _bad(path, f"has no {part} records.")
+    if x_tr.shape[1] != x_te.shape[1]:
+        raise _bad(path, f"has {x_tr.shape[1]} train features but {x_te.shape[1]} test features.")
+    if min(y_tr.min(), y_te.min()) >= 1:  # no class 0 anywhere: the 1-based release
+        y_tr, y_te = y_tr - 1, y_te - 1
+    if min(y_tr.min(), y_te.min()) < 0 or max(y_tr.max(), y_te.max()) >= NUM_CLASSES:
+        raise _bad(path, "has labels outside 1..100 / 0..99.")
+    return x_tr, y_tr, x_te, y_te
+
+
 @DATASETS.register("purchase100", Purchase100Config)
 def build_purchase100(cfg: Purchase100Config, *, seed: int) -> DataBundle:
     """Read ``cfg.path`` (npz or CSV). ``seed`` is unused: the split and subsets are fixed by ``split_seed``."""
@@ -100,44 +196,28 @@ def build_purchase100(cfg: Purchase100Config, *, seed: int) -> DataBundle:
     if not path.is_file():
         raise DatasetNotFoundError(
             "dataset.path",
-            f"Purchase-100 file {path.resolve()} not found.",
+            f"Purchase-100 file {path.resolve()} not found{' (it is a directory)' if path.is_dir() else ''}.",
             f"set dataset.path (or env GSDEFENSE_PURCHASE100) to {FORMATS}.",
         )
     rng = np.random.default_rng(cfg.split_seed)
-    if path.suffix == ".npz":
-        x_tr, y_tr, x_te, y_te = _read_npz(path)
-        y_tr, y_te = _labels(y_tr, path=path), _labels(y_te, path=path)
-    else:
-        x, y = _read_csv(path)
-        y = _labels(y, path=path)
-        order = rng.permutation(len(y))
-        n_test = max(1, round(cfg.test_fraction * len(y)))
-        if n_test >= len(y):
-            raise ConfigError("dataset.test_fraction", f"leaves no training record out of {len(y)}.")
-        test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-        x_tr, y_tr, x_te, y_te = x[train], y[train], x[test], y[test]
-    if min(y_tr.min(initial=1), y_te.min(initial=1)) >= 1:  # no class 0 anywhere: the 1-based release
-        y_tr, y_te = y_tr - 1, y_te - 1
-    for labels in (y_tr, y_te):
-        if len(labels) and not (labels.min() >= 0 and labels.max() < NUM_CLASSES):
-            raise ConfigError("dataset.path", f"{path} has labels outside 1..100 / 0..99.", f"provide {FORMATS}.")
-    x_tr, x_te = x_tr.reshape(len(x_tr), -1).astype(np.float32), x_te.reshape(len(x_te), -1).astype(np.float32)
-    if x_tr.shape[1] != x_te.shape[1]:
-        raise ConfigError("dataset.path", f"{path}: train has {x_tr.shape[1]} features, test {x_te.shape[1]}.")
-    for x in (x_tr, x_te):
-        if x.size and (x.min() < 0 or x.max() > 1):
-            raise ConfigError("dataset.path", f"{path} has features outside [0, 1].", "Purchase-100 is binary.")
+    x_tr, y_tr, x_te, y_te = _split(cfg, path, rng)
+    if cfg.n_features is not None and cfg.n_features != x_tr.shape[1]:
+        if cfg.n_features > x_tr.shape[1]:
+            raise ConfigError(
+                "dataset.n_features",
+                f"asks for {cfg.n_features} features but {path} has {x_tr.shape[1]}.",
+                "set dataset.n_features=null to keep all of them.",
+            )
+        keep = frequent_columns(x_tr, cfg.n_features)
+        x_tr, x_te = x_tr[:, keep], x_te[:, keep]
     x_tr, y_tr = _subset(x_tr, y_tr, cfg.n_train, rng=rng, key="n_train")
     x_te, y_te = _subset(x_te, y_te, cfg.n_test, rng=rng, key="n_test")
-    if len(y_tr) == 0 or len(y_te) == 0:
-        raise ConfigError("dataset.path", f"{path} gives an empty train or test set.", f"provide {FORMATS}.")
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x_tr, y_tr, x_te, y_te)]
-    names = [str(c) for c in range(NUM_CLASSES)]
     return make_bundle(
         name="purchase100",
         x_train=tensors[0],
         y_train=tensors[1],
         x_test=tensors[2],
         y_test=tensors[3],
-        class_names=names,
+        class_names=[str(c) for c in range(NUM_CLASSES)],
     )
