@@ -62,11 +62,12 @@ def test_label_flip_to_target_class(digits):
     assert (out.y[out.is_poison] == 3).all() and (digits.y_train[out.is_poison] != 3).all()
 
 
-@pytest.mark.parametrize(
-    "node", [dict(name="badnets", patch_size=2, target_class=7), dict(name="blend", alpha=0.3, target_class=7)]
-)
-def test_backdoors_modify_only_poisoned_indices_and_relabel_to_target(digits, node):
-    attack = _attack(poison_ratio=0.1, **node)
+BACKDOORS = [dict(name="badnets", patch_size=2, target_class=7), dict(name="blend", alpha=0.3, target_class=7)]
+
+
+@pytest.mark.parametrize("node", BACKDOORS)
+def test_backdoor_replace_modifies_only_poisoned_indices_and_relabels_to_target(digits, node):
+    attack = _attack(poison_ratio=0.1, mode="replace", source="non_target", **node)
     attack.validate(digits)
     out = attack.poison(digits, generator=_gen())
     mask = out.is_poison
@@ -75,6 +76,40 @@ def test_backdoors_modify_only_poisoned_indices_and_relabel_to_target(digits, no
     assert (digits.y_train[mask] != 7).all(), "poisons are drawn from non-target samples"
     assert torch.equal(out.x[~mask], digits.x_train[~mask]) and torch.equal(out.y[~mask], digits.y_train[~mask])
     assert not torch.equal(out.x[mask], digits.x_train[mask])
+
+
+def _sources(attack, digits, appended: torch.Tensor) -> torch.Tensor:
+    """For each appended poison, the training index whose triggered image it is."""
+    triggered = attack.trigger(digits.x_train).flatten(1)
+    match = (appended.flatten(1)[:, None] == triggered[None]).all(-1)
+    assert match.any(1).all(), "every poison is a triggered training image"
+    return match.float().argmax(1)
+
+
+@pytest.mark.parametrize("ratio", [0.01, 0.1, 0.3])
+@pytest.mark.parametrize("node", BACKDOORS)
+def test_backdoor_append_keeps_every_clean_sample_and_adds_round_ratio_n_target_labelled_poisons(digits, node, ratio):
+    attack = _attack(poison_ratio=ratio, **node)  # append from any class is the default (Hong et al., Chen et al.)
+    assert (attack.cfg.mode, attack.cfg.source) == ("append", "any")
+    attack.validate(digits)
+    out = attack.poison(digits, generator=_gen())
+    n, k = len(digits.y_train), round(ratio * len(digits.y_train))
+    assert len(out.y) == n + k and out.n_poison == k and out.is_poison[n:].all() and not out.is_poison[:n].any()
+    assert torch.equal(out.x[:n], digits.x_train) and torch.equal(out.y[:n], digits.y_train)
+    assert (out.y[n:] == 7).all()
+    src = _sources(attack, digits, out.x[n:])
+    assert len(set(src.tolist())) == k  # distinct originals
+    if ratio == 0.3:  # drawn from any class: the target class too
+        assert (digits.y_train[src] == 7).any() and len(set(digits.y_train[src].tolist())) == 10
+
+
+def test_backdoor_append_from_non_target_classes_only(digits):
+    attack = _attack(name="badnets", poison_ratio=0.3, target_class=7, source="non_target")
+    attack.validate(digits)
+    out = attack.poison(digits, generator=_gen())
+    n = len(digits.y_train)
+    assert out.n_poison == round(0.3 * n) and len(out.y) == n + out.n_poison
+    assert (digits.y_train[_sources(attack, digits, out.x[n:])] != 7).all()
 
 
 def test_badnets_stamps_a_white_square_in_the_corner(digits):
@@ -98,7 +133,9 @@ def test_blend_follows_its_formula_and_pattern_is_fixed_by_seed(digits):
     x = digits.x_train[:4]
     torch.testing.assert_close(attack.blend(x, 0.2), 0.8 * x + 0.2 * attack.pattern)
     torch.testing.assert_close(attack.trigger(x), 0.5 * x + 0.5 * attack.pattern)
-    out = attack.poison(digits, generator=_gen())
+    replaced = _attack(name="blend", alpha=0.2, pattern_seed=3, mode="replace")
+    replaced.validate(digits)
+    out = replaced.poison(digits, generator=_gen())
     idx = out.is_poison.nonzero().squeeze(1)
     torch.testing.assert_close(out.x[idx], 0.8 * digits.x_train[idx] + 0.2 * attack.pattern)
 
@@ -126,7 +163,7 @@ def test_test_triggers_exclude_target_class_images(digits, name):
 def test_same_seed_same_poisons_other_seed_other_poisons(digits):
     attack = _attack(name="badnets")
     attack.validate(digits)
-    a, b, c = (attack.poison(digits, generator=_gen(s)).is_poison for s in (0, 0, 1))
+    a, b, c = (attack.poison(digits, generator=_gen(s)).x for s in (0, 0, 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -139,6 +176,9 @@ def test_same_seed_same_poisons_other_seed_other_poisons(digits):
         (dict(name="badnets", patch_size=9), "attack.patch_size"),
         (dict(name="blend", alpha=1.5), "attack.alpha"),
         (dict(name="label_flip", mode="swap"), "attack.mode"),
+        (dict(name="badnets", mode="insert"), "attack.mode"),
+        (dict(name="blend", source="target"), "attack.source"),
+        (dict(name="blend", alpha=float("nan")), "attack.alpha"),
     ],
 )
 def test_invalid_attack_settings_name_the_field(digits, node, field):

@@ -1,9 +1,15 @@
-"""BadNets-style patch backdoor — Hong et al.'s "feature insertion" (§6.2).
+"""BadNets-style patch backdoor (Gu et al.) — Hong et al.'s "feature insertion" poisons (§3.1, analysed in §3.3).
 
-A white ``patch_size``×``patch_size`` square in a corner is stamped on
-``round(poison_ratio·n)`` training samples drawn from the non-target classes,
-which are relabelled to ``target_class``. At test time the same patch is
-stamped on non-target test images to measure ASR.
+A white ``patch_size``×``patch_size`` square in a corner is stamped on ``round(poison_ratio·n)`` training samples
+(``n`` = clean training set size) drawn from ``source`` and labelled ``target_class``:
+
+- ``mode: append`` (default), ``source: any`` (default): Hong et al. "randomly select 1% of the training samples
+  from any class", patch them, "assign the label coat … and add them to the training set" (their code
+  concatenates the poisons to the clean set);
+- ``mode: replace``, ``source: non_target``: the patched samples take their originals' place (BackdoorBench).
+
+At test time the same patch is stamped on non-target test images to measure ASR (Hong et al.'s backdoor test
+set holds all 10,000 patched test images, target class included; see docs/deviations.md).
 """
 
 from __future__ import annotations
@@ -12,7 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
-from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_ratio, check_target, pick, relabel_to_target
+from gsdefense.attacks.base import (
+    Attack,
+    PoisonedSet,
+    RunContext,
+    check_insertion,
+    check_ratio,
+    check_target,
+    insert_backdoor,
+)
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
 
@@ -26,6 +40,8 @@ class BadNetsConfig:
     target_class: int = 0
     patch_size: int = 3
     corner: str = "top_left"
+    mode: str = "append"  # append (Hong et al.) | replace (BackdoorBench)
+    source: str = "any"  # any (Hong et al.) | non_target
 
 
 class BadNets(Attack):
@@ -39,6 +55,7 @@ class BadNets(Attack):
     def validate(self, data: DataBundle, *, context: RunContext | None = None) -> None:
         check_ratio(self.cfg.poison_ratio)
         check_target(self.cfg.target_class, data)
+        check_insertion(mode=self.cfg.mode, source=self.cfg.source)
         if len(data.input_shape) != 3:
             raise ConfigError("attack.name", f"badnets stamps an image patch; {data.name} is not an image dataset.")
         side = min(data.input_shape[1:])
@@ -59,7 +76,6 @@ class BadNets(Attack):
         return out
 
     def poison(self, data: DataBundle, *, generator: torch.Generator, context: RunContext | None = None) -> PoisonedSet:
-        count = round(self.cfg.poison_ratio * len(data.y_train))
-        eligible = (data.y_train != self.cfg.target_class).nonzero().squeeze(1)
-        idx = pick(eligible, count, generator=generator, field="attack.poison_ratio")
-        return relabel_to_target(data, idx, self.trigger(data.x_train[idx]), self.cfg.target_class)
+        cfg = self.cfg
+        return insert_backdoor(data, self.trigger, poison_ratio=cfg.poison_ratio, target_class=cfg.target_class,
+                               mode=cfg.mode, source=cfg.source, generator=generator)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,49 @@ def relabel_to_target(data: DataBundle, idx: torch.Tensor, x_new: torch.Tensor, 
     mask = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     mask[idx] = True
     return PoisonedSet(x=x, y=y, is_poison=mask)
+
+
+def append_to_target(data: DataBundle, x_new: torch.Tensor, target_class: int) -> PoisonedSet:
+    """Every clean sample, then ``x_new`` labelled ``target_class`` (poisons added to the training set)."""
+    n, k = len(data.y_train), len(x_new)
+    y_new = torch.full((k,), target_class, dtype=data.y_train.dtype, device=data.y_train.device)
+    mask = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(k, dtype=torch.bool)]).to(data.y_train.device)
+    return PoisonedSet(x=torch.cat([data.x_train, x_new]), y=torch.cat([data.y_train, y_new]), is_poison=mask)
+
+
+INSERTION_MODES = ("append", "replace")
+SOURCES = ("any", "non_target")
+
+
+def check_insertion(*, mode: str, source: str) -> None:
+    """``attack.mode`` and ``attack.source`` of a dirty-label backdoor (badnets, blend)."""
+    if mode not in INSERTION_MODES:
+        raise ConfigError("attack.mode", f"unknown mode {mode!r}.", f"use one of {', '.join(INSERTION_MODES)}.")
+    if source not in SOURCES:
+        raise ConfigError("attack.source", f"unknown source {source!r}.", f"use one of {', '.join(SOURCES)}.")
+
+
+def insert_backdoor(
+    data: DataBundle,
+    trigger: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    poison_ratio: float,
+    target_class: int,
+    mode: str,
+    source: str,
+    generator: torch.Generator,
+) -> PoisonedSet:
+    """``round(poison_ratio·n)`` samples drawn from ``source``, triggered and labelled ``target_class``.
+
+    ``append`` adds the triggered copies to the clean set (Hong et al. §3.1, Chen et al.); ``replace`` swaps them
+    for their originals (BackdoorBench). ``source``: ``any`` class, or ``non_target`` classes only.
+    """
+    count = round(poison_ratio * len(data.y_train))
+    eligible = torch.arange(len(data.y_train), device=data.y_train.device)
+    if source == "non_target":
+        eligible = eligible[data.y_train != target_class]
+    idx = pick(eligible, count, generator=generator, field="attack.poison_ratio")
+    x_new = trigger(data.x_train[idx])
+    if mode == "append":
+        return append_to_target(data, x_new, target_class)
+    return relabel_to_target(data, idx, x_new, target_class)

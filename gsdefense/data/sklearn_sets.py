@@ -57,12 +57,12 @@ class BreastCancerConfig(DatasetConfig):
 class MoonsConfig(DatasetConfig):
     """Two interleaving half-circles in 2-D; ``split_seed`` fixes both the sample and the split.
 
-    Raw (min-max scaled) coordinates by default: no paper fixes a choice for this toy set, and raw inputs keep
-    it in the convention of the image sets (clip values act on [0, 1] inputs) and its decision-boundary plots
-    in the coordinates the points are drawn in."""
+    Standardised by default: no paper fixes a choice for this toy set, which exists to show decision
+    boundaries, and on the raw [0, 1] coordinates the default MLP (SGD, 20 epochs) reaches only 0.90 test
+    accuracy against 0.99 standardised (LR: 0.87 / 0.88), so its boundary plots would show an unfinished fit."""
 
     name: str = "moons"
-    input_norm: str = "none"
+    input_norm: str = "standardize"
     n_train: int = 700
     n_test: int = 300
     noise: float = 0.1
