@@ -22,21 +22,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from gsdefense.cache import cache_key, cached_json, json_path, noise_seed
 from gsdefense.errors import ConfigError
-from gsdefense.io import write_json
+from gsdefense.identity import identity, run_id, run_noise_seed
+from gsdefense.outputs import claim
 from gsdefense.plan import Plan, prepare
 from gsdefense.run import (
     checkpointer_for,
     complete,
-    completed,
-    failure_metrics,
     finish,
     poison,
+    record_failure,
     reference_accuracy,
     reference_entry,
     reference_spec,
     run,
-    run_id,
-    run_noise_seed,
 )  # fmt: skip
 from gsdefense.training.fused import FusedMember, train_fused
 from gsdefense.training.per_sample import bk_unsupported
@@ -110,12 +108,12 @@ def run_group(cfgs: list[DictConfig], output_dirs: list[Path]) -> list[dict]:
     jobs: list[_Job] = []
     for i, (cfg, out) in enumerate(zip(cfgs, output_dirs)):
         out = Path(out)
-        ident = run_id(cfg)
-        if cfg.resume and (done := completed(out, ident)) is not None:
-            log.info("run %s is already complete in %s; skipping", ident, out)
-            metrics[i] = done
-            continue
         try:
+            ident = run_id(cfg)
+            if (done := claim(out, ident, resume=bool(cfg.resume), config=identity(cfg))) is not None:
+                log.info("run %s is already complete in %s; skipping", ident, out)
+                metrics[i] = done
+                continue
             shared = jobs[0].plan.data if jobs and _same_data(cfg, jobs[0].cfg) else None  # load the data once
             jobs.append(_Job(i, cfg, out, ident, prepare(cfg, data=shared)))
         except Exception as err:  # noqa: BLE001 - a bad member is recorded, the others train
@@ -206,10 +204,3 @@ def _separately(job: _Job) -> dict:
     except Exception as err:  # noqa: BLE001 - as in a multirun: record the failure, go on
         log.error("run failed: %s\n%s", err, traceback.format_exc())
         return record_failure(job.output_dir, err, job.cfg)
-
-
-def record_failure(output_dir: Path, err: BaseException, cfg: DictConfig) -> dict:
-    log.error("%s: %s", output_dir, err)
-    metrics = failure_metrics(err, cfg)
-    write_json(Path(output_dir) / "metrics.json", metrics)
-    return metrics

@@ -16,9 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gsdefense.errors import ConfigError
-from gsdefense.io import write_json
-from gsdefense.run import failure_metrics, run
+from gsdefense.errors import ConfigError, DatasetNotFoundError
+from gsdefense.run import record_failure, run
 
 log = logging.getLogger("gsdefense")
 
@@ -30,15 +29,18 @@ def main_task(cfg: DictConfig) -> dict:
     try:
         return run(cfg, output_dir=output_dir)
     except ConfigError as err:
-        write_json(output_dir / "metrics.json", failure_metrics(err, cfg))
-        log.error("invalid config: %s", err)
+        metrics = record_failure(output_dir, err, cfg)
+        kind = "data not found" if isinstance(err, DatasetNotFoundError) else "invalid config"
         if multirun:
-            return {"status": "failed", "error": str(err)}
-        print(f"error: {err}", file=sys.stderr)
+            log.error("%s: %s", kind, err)
+            return metrics
+        print(f"error: {err}", file=sys.stderr)  # one line, once: no log line repeats it on the console
         sys.exit(2)
-    except Exception as err:  # noqa: BLE001 - a sweep must outlive one bad job
-        write_json(output_dir / "metrics.json", failure_metrics(err, cfg))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 - a sweep must outlive one bad job, whatever it raised
+        metrics = record_failure(output_dir, err, cfg)
         log.error("run failed: %s\n%s", err, traceback.format_exc())
         if multirun:
-            return {"status": "failed", "error": str(err)}
+            return metrics
         raise

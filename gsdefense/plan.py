@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from gsdefense.attacks import ATTACKS, Attack, RunContext, build_attack
-from gsdefense.data import DATASETS, load_dataset
+from gsdefense.attacks import Attack, RunContext, build_attack
+from gsdefense.cache import check_dir
+from gsdefense.data import load_dataset
 from gsdefense.data.bundle import DataBundle
 from gsdefense.defenses import Defense, build_defense
 from gsdefense.errors import ConfigError
-from gsdefense.models import MODELS, build_model
-from gsdefense.scenario import SCENARIOS, RetrainConfig, ScratchConfig
+from gsdefense.identity import DATA_LOCATION, as_dict, check_seed, typed_groups
+from gsdefense.models import build_model
+from gsdefense.scenario import RetrainConfig, ScratchConfig
 from gsdefense.telemetry import TelemetryConfig, telemetry_config
 from gsdefense.training.adaptive import AdaptiveDPConfig
-from gsdefense.training.dp import DPSGDConfig, dp_config
-from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig, check_schedule
-
-GROUPS = ("dataset", "model", "attack", "defense", "optimizer", "dp", "scenario")
-SETTINGS = ("telemetry", "seed", "device", "threads", "cache_dir", "save_model", "resume", "checkpoint")
-TOP_LEVEL_KEYS = set(GROUPS) | set(SETTINGS)
+from gsdefense.training.checkpoint import checkpoint_config
+from gsdefense.training.dp import DPSGDConfig
+from gsdefense.training.optim import AdamConfig, SGDConfig
 
 
 @dataclass
@@ -66,47 +64,38 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
-    """Validate ``cfg`` and load data; raises ConfigError before any training.
+    """Validate ``cfg``, check the cache folder and load data; raises ConfigError before any training.
 
     ``data``: the already loaded dataset of another job with the same dataset, seed and device (fused groups).
     """
-    unknown = set(cfg.keys()) - TOP_LEVEL_KEYS - {"hydra"}
-    if unknown:
-        raise ConfigError(", ".join(sorted(unknown)), "is not a known top-level key.", f"use {sorted(TOP_LEVEL_KEYS)}.")
-    seed = cfg.seed
-    if not isinstance(seed, int) or seed < 0:
-        raise ConfigError("seed", f"must be a non-negative integer (got {seed!r}).")
+    typed = typed_groups(cfg)
+    seed = check_seed(cfg.seed, field="seed")
     device = resolve_device(str(cfg.device))
     threads = cfg.threads
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError("threads", f"must be a positive integer or null (got {threads!r}).", "use threads=1.")
-    optimizer = OPTIMIZERS.config(cfg.optimizer)
-    check_schedule(optimizer)
-    dp = dp_config(cfg.dp)
-    scenario = SCENARIOS.builder(cfg.scenario)(SCENARIOS.config(cfg.scenario))
     telemetry = telemetry_config(cfg.telemetry)
-    ATTACKS.config(cfg.attack)
-    MODELS.config(cfg.model)
-    dataset_cfg = DATASETS.config(cfg.dataset)
+    checkpoint_config(cfg.checkpoint)
+    cache_dir = check_dir(str(cfg.cache_dir), field="cache_dir")
     data = data if data is not None else load_dataset(cfg.dataset, seed=seed).to(device)
-    cache_dir = Path(str(cfg.cache_dir)).expanduser()
+    optimizer = typed["optimizer"]
     context = RunContext(
         seed=seed,
         device=device,
         cache_dir=cache_dir,
-        model_name=cfg.model.name,
+        model_name=typed["model"].name,
         model_node=cfg.model,
         optimizer=optimizer,
-        scenario=scenario.name,
+        scenario=typed["scenario"].name,
     )
     attack = build_attack(cfg.attack)
     attack.validate(data, context=context)
     defense = build_defense(cfg.defense)
     defense.validate(data, context=context)
     spec = {
-        "dataset": dataclasses.asdict(dataset_cfg),
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "optimizer": dataclasses.asdict(optimizer),
+        "dataset": {k: v for k, v in as_dict(typed["dataset"]).items() if k not in DATA_LOCATION},
+        "model": as_dict(typed["model"]),
+        "optimizer": as_dict(optimizer),
         "seed": seed,
         "device": device.type,
     }
@@ -117,8 +106,8 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
         context=context,
         model_node=cfg.model,
         optimizer=optimizer,
-        dp=dp,
-        scenario=scenario,
+        dp=typed["dp"],
+        scenario=typed["scenario"],
         telemetry=telemetry,
         seed=seed,
         device=device,

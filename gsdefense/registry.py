@@ -9,6 +9,7 @@ rejected with a message that names the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -35,8 +36,31 @@ def to_dataclass(node: Any, schema: type[T], *, group: str) -> T:
         merged = OmegaConf.merge(OmegaConf.structured(schema), data)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
-        raise ConfigError(f"{group}.{key}", f"has the wrong type ({exc.msg}).") from None
+        reason = str(exc.msg).splitlines()[0] if exc.msg else type(exc).__name__
+        raise ConfigError(f"{group}.{key}", f"has the wrong type ({reason}).") from None
+    # Typed values ('nan' given as text is a float now), before a __post_init__ range check can be fooled by them.
+    check_numbers(OmegaConf.to_container(merged), group=group)
     return OmegaConf.to_object(merged)
+
+
+INT64 = 2**63
+
+
+def check_numbers(data: dict[str, Any], *, group: str) -> None:
+    """Every number is finite and fits a 64-bit integer; NaN or ±inf would train, then hang or mislead.
+
+    Checked once here for every typed config rather than key by key in each group.
+    """
+    for key, value in data.items():
+        field = f"{group}.{key}"
+        if isinstance(value, dict):
+            check_numbers(value, group=field)
+        elif isinstance(value, list | tuple):
+            check_numbers({str(i): v for i, v in enumerate(value)}, group=field)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(field, f"must be a finite number (got {value}).", f"pass a real value, e.g. {field}=1.")
+        elif isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+            raise ConfigError(field, f"is out of range (got {value}).", "pass a 64-bit integer.")
 
 
 class Registry(Generic[T]):

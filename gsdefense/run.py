@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,22 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gsdefense import metrics as M
 from gsdefense.cache import cache_key, cached_json, noise_seed
+from gsdefense.errors import ConfigError
+from gsdefense.identity import identity, run_id, run_noise_seed
 from gsdefense.io import atomic_write, write_csv, write_json
-from gsdefense.plan import GROUPS, SETTINGS, Plan, prepare
-from gsdefense.scenario import TrialRunner, epsilon_note, fit, pretrained
+from gsdefense.outputs import claim, claim_for_failure
+from gsdefense.phases import TrialRunner, fit, pretrained
+from gsdefense.plan import Plan, prepare
+from gsdefense.scenario import privacy_report
 from gsdefense.telemetry import GradientProbe, original_exports
 from gsdefense.training.checkpoint import Checkpointer, checkpoint_config
 from gsdefense.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
-
-# Settings that say where or how a run executes, not what it computes, stay out of run_id.
-NOT_IN_RUN_ID = {"hydra", "threads", "cache_dir", "save_model", "resume", "checkpoint"}
-assert NOT_IN_RUN_ID - {"hydra"} <= set(SETTINGS)
 
 
 def reference_spec(plan: Plan, *, dp) -> dict:
@@ -64,35 +63,25 @@ def reference_accuracy(plan: Plan, *, dp) -> float | None:
     return entry["clean_acc"]
 
 
-def completed(output_dir: Path, ident: str) -> dict[str, Any] | None:
-    """The metrics of a finished, successful run of this exact config in ``output_dir``, if any."""
-    try:
-        metrics = json.loads((output_dir / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return metrics if metrics.get("status") == "ok" and metrics.get("run_id") == ident else None
-
-
 def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     """Run one experiment; returns (and writes) its metrics.
 
-    With ``resume: true`` a run whose complete ``status: ok`` metrics.json (same
-    run_id) is already in ``output_dir`` is skipped, and an interrupted run
-    continues from its last checkpoint.
+    The output folder is claimed first (``gsdefense.outputs``): outputs of another config are moved aside,
+    never overwritten. With ``resume: true`` a run whose complete ``status: ok`` result is already there (or
+    in ``superseded/``) is skipped, and an interrupted run continues from its last checkpoint.
     """
     start = time.perf_counter()
     output_dir = Path(output_dir)
     ident = run_id(cfg)
-    if cfg.resume and (done := completed(output_dir, ident)) is not None:
+    if (done := claim(output_dir, ident, resume=bool(cfg.resume), config=identity(cfg))) is not None:
         log.info("run %s is already complete in %s; skipping (resume=false recomputes)", ident, output_dir)
         return done
     checkpointer = checkpointer_for(cfg, output_dir, tag=ident)
     plan = prepare(cfg)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if getattr(plan.attack, "targeted", False):
-        metrics = _run_targeted(plan, output_dir)
+        metrics = _run_targeted(plan, output_dir, noise_seed=run_noise_seed(cfg))
     else:
         poisoned = poison(plan)
         result = fit(plan, poisoned.x, poisoned.y, dp=plan.dp, desc="train", evaluate=poisoned.evaluate,
@@ -187,8 +176,7 @@ def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path
         "acc_ref": acc_ref,
         "acc_ref_dp_matched": acc_ref_dp,
         **losses,
-        "epsilon": result.epsilon,
-        "epsilon_note": epsilon_note(plan),
+        **privacy_report(dp=plan.dp, scenario=plan.scenario, epsilon_private=result.epsilon),
         "delta": plan.dp.delta if plan.dp else None,
         "n_train": len(poisoned.y),
         "n_poison": poisoned.n_poison,
@@ -198,17 +186,18 @@ def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path
     }
 
 
-def _run_targeted(plan: Plan, output_dir: Path) -> dict:
+def _run_targeted(plan: Plan, output_dir: Path, *, noise_seed: int) -> dict:
     """Targeted attacks (Poison Frogs) run many retraining trials from one pretrained model."""
     scenario = plan.scenario
     dp = plan.dp
     pre = pretrained(plan, dp=dp if scenario.pretrain_private else None)
     trials = TrialRunner(plan=plan, pre=pre, dp=dp if scenario.retrain_private else None,
-                         acc_ref=reference_accuracy(plan, dp=None), epsilon_note=epsilon_note(plan))  # fmt: skip
+                         acc_ref=reference_accuracy(plan, dp=None), noise_seed=noise_seed)  # fmt: skip
     extra = plan.attack.evaluate(data=plan.data, context=plan.context, trials=trials, output_dir=output_dir)
-    if trials.dp is None:  # only pretraining was private (or nothing was)
-        extra["epsilon"] = pre.epsilon
-    return {"status": "ok", "error": None, **extra, "epsilon_note": epsilon_note(plan),
+    # ε of the private phases: every trial composes the same steps after pretraining; the worst one bounds all
+    epsilon = extra.pop("epsilon", None) if trials.dp is not None else pre.epsilon
+    return {"status": "ok", "error": None, **extra, **trials.defense_metrics(),
+            **privacy_report(dp=dp, scenario=scenario, epsilon_private=epsilon),
             "delta": dp.delta if dp else None}  # fmt: skip
 
 
@@ -222,25 +211,27 @@ def write_original_exports(output_dir: Path, result: TrainResult) -> None:
         write_csv(output_dir / "telemetry.csv", result.step_telemetry)
 
 
-def run_id(cfg: DictConfig) -> str:
-    """A deterministic id: the hash of the resolved config, without paths and execution settings."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return cache_key("run", {k: v for k, v in resolved.items() if k not in NOT_IN_RUN_ID})
-
-
-def run_noise_seed(cfg: DictConfig) -> int:
-    """The run's DP noise seed: a hash of what it trains (groups and seed), so every config of a grid draws
-    independent noise, fused or not, while telemetry or execution settings leave it unchanged."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return noise_seed(cache_key("noise", {k: resolved[k] for k in (*GROUPS, "seed")}))
-
-
 def failure_metrics(error: BaseException, cfg: DictConfig | None = None) -> dict[str, Any]:
-    """The metrics.json of a run that did not finish: status failed, and why."""
+    """The metrics.json of a run that did not finish: status failed, and why (one line)."""
     ident = None
     if cfg is not None:
         try:
             ident = run_id(cfg)
-        except Exception:  # noqa: BLE001 - an unresolvable config still deserves its failure record
+        except Exception:  # noqa: BLE001 - an invalid config still deserves its failure record
             ident = None
-    return {"run_id": ident, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return {"run_id": ident, "status": "failed", "error": f"{type(error).__name__}: {text}".rstrip(": ")}
+
+
+def record_failure(output_dir: str | Path, error: BaseException, cfg: DictConfig | None) -> dict[str, Any]:
+    """Write a failed run's metrics.json; outputs of another config in the folder are moved aside first."""
+    metrics = failure_metrics(error, cfg)
+    output_dir = Path(output_dir)
+    try:
+        if claim_for_failure(output_dir, metrics["run_id"]):
+            write_json(output_dir / "metrics.json", metrics)
+        else:
+            log.error("%s keeps its finished result; this rerun failed: %s", output_dir, metrics["error"])
+    except (OSError, ConfigError) as err:
+        log.error("could not record the failure in %s: %s", output_dir, err)
+    return metrics

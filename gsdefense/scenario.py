@@ -1,35 +1,27 @@
-"""The ``scenario`` group: when poisons enter training (Hong et al. §6.3–6.5, Table 3).
+"""The ``scenario`` group: when poisons enter training (Hong et al. §6.3–6.5, Table 3), and what ε covers.
 
 - ``scratch``: train on the poisoned set from random initialisation.
 - ``retrain``: the paper's threat model. Pretrain on clean data for
   ``pretrain_epochs`` (cached: a whole grid pretrains once), then retrain on
   the poisoned set for ``retrain_epochs``. ``pretrain_private`` and
   ``retrain_private`` say which phases use the ``dp`` group's settings, which
-  covers Table 3's four cells. Privacy accounting composes the private phases
-  only.
+  covers Table 3's four cells.
+
+Both phases see the same training set, so a model has an (ε, δ) guarantee only
+when every phase was private: ``privacy_report`` reports ``epsilon: null`` with a
+note naming the phase otherwise, and keeps the private phases' composed figure
+as ``epsilon_private_phases`` (what Table 3 tabulates). The training itself
+lives in ``gsdefense.phases``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
+import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from torch import nn
-
-from gsdefense.cache import StaleEntry, cache_key, cached_entry, load_tensor_entry, save_tensor_entry
 from gsdefense.errors import ConfigError
 from gsdefense.registry import Registry
-from gsdefense.training.loop import TrainResult, train
-
-if TYPE_CHECKING:
-    from gsdefense.plan import Plan
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,138 +54,47 @@ def _retrain(cfg: RetrainConfig) -> RetrainConfig:
     return cfg
 
 
-@dataclass
-class Pretrained:
-    state: dict[str, torch.Tensor]
-    history: list[dict]
-    accountant_history: list  # Opacus accountant history [(noise, sample_rate, steps)], empty if vanilla
-    epsilon: float | None
-    key: str  # identifies these weights, e.g. for caches keyed on the pretrained model
+def scenario_config(node) -> ScratchConfig | RetrainConfig:
+    """The validated scenario settings."""
+    return SCENARIOS.builder(node)(SCENARIOS.config(node))
 
 
-def pretrained(plan: Plan, *, dp) -> Pretrained:
-    """The clean pretrained model of a retrain scenario, trained once per spec across all jobs."""
-    scenario = plan.scenario
-    spec = dict(plan.spec, pretrain_epochs=scenario.pretrain_epochs, dp=dataclasses.asdict(dp) if dp else None)
-    spec["optimizer"] = dict(spec["optimizer"], epochs=None)  # the scenario owns the schedule
-    path = plan.cache_dir / "pretrained" / f"{cache_key('pretrained', spec)}.pt"
-
-    def compute() -> dict:
-        optimizer = dataclasses.replace(plan.optimizer, epochs=scenario.pretrain_epochs)
-        result = train(plan.build_model(), plan.data.x_train, plan.data.y_train, optimizer_cfg=optimizer, dp=dp,
-                       seed=plan.seed, desc="pretrain", keep_accountant=True)  # fmt: skip
-        if result.status != "ok":
-            raise RuntimeError(f"pretraining diverged at epoch {result.diverged_epoch}; lower optimizer.lr")
-        meta = {"history": result.history, "accountant": result.accountant_history, "epsilon": result.epsilon}
-        return {"tensors": result.model.state_dict(), "meta": json.dumps(meta)}
-
-    def load(p: Path) -> dict:
-        entry = load_tensor_entry(p, spec)
-        expected = plan.build_model().state_dict()
-        if set(entry["tensors"]) != set(expected) or any(
-            entry["tensors"][k].shape != v.shape for k, v in expected.items()
-        ):
-            raise StaleEntry("its weights do not fit this model")
-        meta = json.loads(entry["meta"])
-        if not isinstance(meta, dict) or not {"history", "accountant", "epsilon"} <= set(meta):
-            raise StaleEntry("its metadata is incomplete")
-        return entry
-
-    def save(p: Path, entry: dict) -> None:
-        save_tensor_entry(p, spec, entry["tensors"], entry["meta"])
-
-    entry, hit = cached_entry(path, load, save, compute)
-    log.info("pretrained model %s (%s)", path.name, "cached" if hit else "trained")
-    meta = json.loads(entry["meta"])
-    return Pretrained(
-        state={k: v.to(plan.device) for k, v in entry["tensors"].items()},
-        history=meta["history"],
-        accountant_history=meta["accountant"],
-        epsilon=meta["epsilon"],
-        key=path.stem,
-    )
+def private_phases(scenario: ScratchConfig | RetrainConfig) -> tuple[list[str], list[str]]:
+    """(phases trained with DP, phases trained without) — for ``dp`` other than none."""
+    if scenario.name == "scratch":
+        return ["train"], []
+    phases = ("pretrain", "retrain")
+    private = [p for p in phases if getattr(scenario, f"{p}_private")]
+    return private, [p for p in phases if p not in private]
 
 
-def fit(plan: Plan, x: torch.Tensor, y: torch.Tensor, *, dp, desc: str, **hooks) -> TrainResult:
-    """Train per the scenario on ``(x, y)``; ``dp`` is the DP setting of the private phases.
+def privacy_report(*, dp, scenario, epsilon_private: float | None, extra_phases: tuple[str, ...] = ()) -> dict:
+    """``epsilon``, ``epsilon_private_phases`` and ``epsilon_note`` for metrics.json.
 
-    ``hooks`` (evaluate, probe, checkpointer) apply to the phase that sees ``(x, y)``.
+    ``epsilon_private`` is the accountant's ε composed over the private phases.
+    ``epsilon`` bounds the evaluated model only when every phase that saw the training
+    data was private; otherwise it is null and the note names the non-private phase.
+    ``extra_phases`` names further non-private phases on the training data (e.g. mitigation).
     """
-    if plan.scenario.name == "scratch":
-        return train(plan.build_model(), x, y, optimizer_cfg=plan.optimizer, dp=dp, seed=plan.seed, desc=desc, **hooks)
-    scenario = plan.scenario
-    pre = pretrained(plan, dp=dp if scenario.pretrain_private else None)
-    model = plan.build_model()
-    model.load_state_dict(pre.state)
-    retrain_dp = dp if scenario.retrain_private else None
-    result = train(
-        model,
-        x,
-        y,
-        optimizer_cfg=dataclasses.replace(plan.optimizer, epochs=scenario.retrain_epochs),
-        dp=retrain_dp,
-        seed=plan.seed,
-        desc=desc,
-        # composing with pretraining's steps makes epsilon cover every private phase
-        accountant_history=pre.accountant_history if retrain_dp else None,
-        **hooks,
-    )
-    offset = len(pre.history)
-    for row in result.history:
-        row["epoch"] += offset
-        row["phase"] = "retrain"
-    result.history = [{**row, "phase": "pretrain"} for row in pre.history] + result.history
-    if retrain_dp is None:
-        result.epsilon = pre.epsilon
-    return result
+    from gsdefense.training.adaptive import EPSILON_NOTE
 
-
-def epsilon_note(plan: Plan) -> str | None:
-    """Why epsilon is what it is, when that is not plain DP-SGD on every phase."""
-    if plan.dp is None:
-        return "no DP: vanilla training has no privacy guarantee"
-    if plan.dp.name == "adaptive":
-        from gsdefense.training.adaptive import EPSILON_NOTE
-
-        return EPSILON_NOTE
-    if plan.scenario.name == "retrain":
-        private = [p for p in ("pretrain", "retrain") if getattr(plan.scenario, f"{p}_private")]
-        if not private:
-            return "no DP phase: pretrain_private and retrain_private are both false"
-        return f"epsilon covers the private phase(s) only: {', '.join(private)}"
-    return None
-
-
-@dataclass
-class TrialRunner:
-    """Retraining trials from one pretrained model, for targeted attacks (Poison Frogs).
-
-    Each trial resumes the pretrained weights and retrains on the clean training
-    set plus the trial's poisons, with the retrain phase's DP setting.
-    """
-
-    plan: Plan
-    pre: Pretrained
-    dp: Any
-    acc_ref: float | None
-    epsilon_note: str | None = None
-
-    @property
-    def pretrained_key(self) -> str:
-        return self.pre.key
-
-    def pretrained_model(self) -> nn.Module:
-        model = self.plan.build_model()
-        model.load_state_dict(self.pre.state)
-        return model.eval()
-
-    def retrain(
-        self, x_extra: torch.Tensor, y_extra: torch.Tensor, *, evaluate=None, desc: str = "trial"
-    ) -> TrainResult:
-        data = self.plan.data
-        x = torch.cat([data.x_train, x_extra.to(data.x_train.device)])
-        y = torch.cat([data.y_train, y_extra.to(data.y_train.device)])
-        optimizer = dataclasses.replace(self.plan.optimizer, epochs=self.plan.scenario.retrain_epochs)
-        history = self.pre.accountant_history if self.dp else None  # epsilon covers both private phases
-        return train(self.pretrained_model().train(), x, y, optimizer_cfg=optimizer, dp=self.dp, seed=self.plan.seed,
-                     evaluate=evaluate, desc=desc, accountant_history=history)  # fmt: skip
+    if dp is None:
+        return {"epsilon": None, "epsilon_private_phases": None,
+                "epsilon_note": "no DP: vanilla training has no privacy guarantee"}  # fmt: skip
+    if dp.name == "adaptive":
+        return {"epsilon": None, "epsilon_private_phases": None, "epsilon_note": EPSILON_NOTE}
+    private, public = private_phases(scenario)
+    public = public + list(extra_phases)
+    if not private:
+        note = "no private phase (scenario.pretrain_private and scenario.retrain_private are both false)"
+        return {"epsilon": None, "epsilon_private_phases": None, "epsilon_note": note}
+    if dp.noise == 0 or epsilon_private is None or not math.isfinite(epsilon_private):
+        note = "dp.noise=0: clipping without noise gives no privacy (epsilon = infinity)"
+        return {"epsilon": None, "epsilon_private_phases": None, "epsilon_note": note}
+    if public:
+        note = (
+            f"the {' and '.join(public)} phase trained on the training data without DP, so the final model has no "
+            f"(epsilon, delta) guarantee; epsilon_private_phases covers the {' and '.join(private)} phase only"
+        )
+        return {"epsilon": None, "epsilon_private_phases": epsilon_private, "epsilon_note": note}
+    return {"epsilon": epsilon_private, "epsilon_private_phases": epsilon_private, "epsilon_note": None}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import gsdefense.scenario as scenario_module
+import gsdefense.phases as phases_module
 from gsdefense.run import run
 from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.dp import make_private
@@ -20,8 +20,8 @@ RETRAIN = ["scenario=retrain", "scenario.pretrain_epochs=2", "scenario.retrain_e
 
 def _count_pretraining(monkeypatch) -> list[str]:
     calls: list[str] = []
-    real = scenario_module.train
-    monkeypatch.setattr(scenario_module, "train", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+    real = phases_module.train
+    monkeypatch.setattr(phases_module, "train", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
     return calls
 
 
@@ -56,11 +56,23 @@ def test_accounting_covers_only_private_phases(tmp_path):
         for pre in (False, True)
         for re in (False, True)
     }
-    assert cells[(False, True)]["epsilon"] == pytest.approx(two)
-    assert cells[(True, False)]["epsilon"] == pytest.approx(two)
+    # ε bounds the final model only when every phase that saw the training set was private (issue 12.1)
     assert cells[(True, True)]["epsilon"] == pytest.approx(four)  # RDP composes both phases' steps
-    assert cells[(False, False)]["epsilon"] is None and "both false" in cells[(False, False)]["epsilon_note"]
-    assert "retrain" in cells[(False, True)]["epsilon_note"]
+    assert cells[(True, True)]["epsilon_private_phases"] == pytest.approx(four)
+    assert cells[(True, True)]["epsilon_note"] is None
+    for (pre, re), public in {(False, True): "pretrain", (True, False): "retrain"}.items():
+        cell = cells[(pre, re)]
+        assert cell["epsilon"] is None
+        assert cell["epsilon_private_phases"] == pytest.approx(two)
+        assert f"the {public} phase trained on the training data without DP" in cell["epsilon_note"]
+    assert cells[(False, False)]["epsilon"] is None and cells[(False, False)]["epsilon_private_phases"] is None
+    assert "no private phase" in cells[(False, False)]["epsilon_note"]
+
+
+def test_noise_zero_says_there_is_no_privacy(tmp_path):
+    metrics = _eps(tmp_path, "zero", "optimizer.epochs=1", "dp.noise=0")
+    assert metrics["status"] == "ok" and metrics["epsilon"] is None
+    assert "no privacy (epsilon = infinity)" in metrics["epsilon_note"]
 
 
 def test_adaptive_noise_follows_previous_epoch_mean_clipped_norm():

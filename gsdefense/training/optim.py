@@ -34,19 +34,24 @@ class AdamConfig:
     epochs: int = 20
 
 
-def check_schedule(cfg: SGDConfig | AdamConfig) -> None:
+def optimizer_config(node) -> SGDConfig | AdamConfig:
+    """The validated optimizer settings and schedule (ConfigError on bad values)."""
+    cfg = OPTIMIZERS.config(node)
     for field in ("lr", "batch_size", "epochs"):
         value = getattr(cfg, field)
-        if value <= 0:
+        if not value > 0:
             raise ConfigError(f"optimizer.{field}", f"must be > 0 (got {value}).")
-    if cfg.weight_decay < 0:
+    if not cfg.weight_decay >= 0:
         raise ConfigError("optimizer.weight_decay", f"must be >= 0 (got {cfg.weight_decay}).")
+    betas = ("momentum",) if isinstance(cfg, SGDConfig) else ("beta1", "beta2")
+    for field in betas:
+        if not 0 <= getattr(cfg, field) < 1:
+            raise ConfigError(f"optimizer.{field}", f"must be in [0, 1) (got {getattr(cfg, field)}).")
+    return cfg
 
 
 @OPTIMIZERS.register("sgd", SGDConfig)
 def sgd(cfg: SGDConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if not 0 <= cfg.momentum < 1:
-        raise ConfigError("optimizer.momentum", f"must be in [0, 1) (got {cfg.momentum}).")
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

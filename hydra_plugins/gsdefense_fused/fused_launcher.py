@@ -125,7 +125,7 @@ class FusedLauncher(Launcher):
             try:
                 out.append(job.results()[0])
             except Exception as err:  # noqa: BLE001 - a crashed group is recorded, the sweep goes on
-                from gsdefense.fuse import record_failure
+                from gsdefense.run import record_failure
 
                 out.append([record_failure(d, err, c) for c, d in zip(cfgs, dirs)])
         return out
