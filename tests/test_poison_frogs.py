@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from gsdefense.attacks import RunContext, build_attack
 from gsdefense.attacks import frogs_craft as fc
+from gsdefense.attacks.frogs_report import clean_label_stats
 from gsdefense.attacks.poison_frogs import first_success, ranked
 from gsdefense.data import load_dataset
 from gsdefense.errors import ConfigError
@@ -21,10 +22,9 @@ from gsdefense.training.loop import TrainResult, train
 from gsdefense.training.optim import SGDConfig
 from tests.conftest import compose_cfg
 
-# Digits 9 and 7 are close in pixel space, so a single clean-label poison can flip a 9 (see the e2e test).
+# Digits 9 and 7 are close in pixel space, so a few poisons can flip a 9 (see the e2e test).
 E2E = ["attack=poison_frogs", "scenario=retrain", "dp=none", "telemetry.enabled=false", "save_model=false",
-       "attack.target_true_class=9", "attack.base_class=7", "attack.beta=0.1", "attack.n_targets=3",
-       "attack.max_poisons=3", "attack.max_iters=300"]  # fmt: skip
+       "attack.target_true_class=9", "attack.base_class=7", "attack.n_targets=3", "attack.max_iters=300"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +87,17 @@ def test_proximal_step_is_the_closed_form_minimiser():
             assert 0.5 * beta * (y - base).pow(2).sum() + (y - x_hat).pow(2).sum() / (2 * lam) > cost
 
 
-def test_feature_extractor_drops_the_classifier_head(digits, pretrained):
+def test_feature_extractor_drops_the_classifier_head_and_uses_logits_for_lr(digits, pretrained):
     f = fc.feature_extractor(pretrained)
     x = digits.x_test[:4]
-    hidden = pretrained[1][:-1](pretrained[0](x))  # Normalize, then Flatten-Linear-ReLU
-    assert torch.allclose(f(x), hidden)
+    hidden = pretrained[1][:-1](pretrained[0](x))  # input map, then Flatten-Linear-ReLU
+    assert fc.feature_space(pretrained) == "penultimate" and torch.allclose(f(x), hidden)
     assert pretrained(x).shape == (4, 10)  # the victim model itself is untouched
+    # A linear model has no hidden layer: its features are its logits, as the original's LinearRegression.
     node = OmegaConf.create({"name": "lr"})
     lr = build_model(node, input_shape=digits.input_shape, num_classes=10, mean=digits.mean, std=digits.std)
-    assert torch.allclose(fc.feature_extractor(lr)(x), ((x - digits.mean.view(1, -1, 1, 1)) / digits.std).flatten(1))
+    assert fc.feature_space(lr) == "logits"
+    assert torch.equal(fc.feature_extractor(lr)(x), lr(x)) and fc.feature_extractor(lr)(x).shape == (4, 10)
 
 
 def test_crafting_pulls_features_to_the_target_and_stays_in_the_box(digits, pretrained):
@@ -115,6 +117,46 @@ def test_crafting_pulls_features_to_the_target_and_stays_in_the_box(digits, pret
     # The objective never rises (rejected steps), and the feature distance falls well below its start.
     assert (objectives[1] <= objectives[0] + 1e-5).all() and (objectives[2] <= objectives[1] + 1e-5).all()
     assert (dists[2] < 0.5 * start).all()
+
+
+def _scaled_identity(gain: float, dim: int = 6) -> torch.nn.Module:
+    """A 'linear model' f(x) = γ·x + c on (1, 1, dim) inputs: its logits are its features, gain γ²."""
+    linear = torch.nn.Linear(dim, dim)
+    with torch.no_grad():
+        linear.weight.copy_(gain**0.5 * torch.eye(dim))
+        linear.bias.fill_(0.3)
+    return torch.nn.Sequential(torch.nn.Identity(), torch.nn.Sequential(torch.nn.Flatten(), linear))
+
+
+@pytest.mark.parametrize("scale", [2.0, 8.0])
+def test_default_beta_stops_a_linear_models_poison_two_over_two_plus_scale_of_the_way(scale):
+    model = _scaled_identity(gain=9.0)
+    f = fc.feature_extractor(model)
+    assert fc.feature_space(model) == "logits"
+    gen = torch.Generator().manual_seed(0)
+    target = 0.3 + 0.4 * torch.rand(1, 1, 6, generator=gen)
+    bases = 0.3 + 0.4 * torch.rand(4, 1, 1, 6, generator=gen)
+    assert fc.feature_gain(f, target[0], bases[:, 0]) == pytest.approx(9.0, rel=1e-5)
+    attack = _attack(beta_scale=scale)
+    beta = attack.beta(f, target[0], bases[:, 0])
+    assert beta == pytest.approx(scale * 9.0, rel=1e-5)
+    out = fc.craft(f, target[0], bases[:, 0], step_size=0.01, beta=beta, max_iters=3000, box=(0.0, 1.0), rel_tol=1e-9)
+    stats = clean_label_stats(model, out.poisons, bases[:, 0], target[0], base_class=0)
+    torch.testing.assert_close(stats["base_distance"], torch.full((4,), 2 / (2 + scale)), atol=2e-3, rtol=0)
+    assert _attack(beta=0.5).beta(f, target[0], bases[:, 0]) == 0.5  # an explicit β wins
+
+
+def test_clean_label_stats_measure_relative_distance_and_the_pretrained_label():
+    # Logits of the 2-class model: class 1 wins iff x0 > x1. Base (0.8, 0.2) is class 1, target (0.2, 0.8) class 0.
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    base, target = torch.tensor([0.8, 0.2]), torch.tensor([0.2, 0.8])
+    s = torch.tensor([0.0, 0.25, 0.4, 0.75, 1.0])
+    poisons = base + s[:, None] * (target - base)
+    stats = clean_label_stats(model, poisons, base.expand(5, 2), target, base_class=1)
+    torch.testing.assert_close(stats["base_distance"], s)
+    assert stats["pred"].tolist() == [1, 1, 1, 0, 0] and stats["as_base"].tolist() == [True, True, True, False, False]
 
 
 # --- evaluation with scripted trials ------------------------------------------------------------------------
@@ -141,6 +183,8 @@ def test_a_flip_counts_only_at_an_epoch_with_small_rad(tmp_path, digits, pretrai
     metrics = attack.evaluate(data=digits, context=_context(tmp_path), trials=trials, output_dir=tmp_path)
     rows = list(csv.DictReader((tmp_path / "targets.csv").open()))
     assert len(rows) == 2 and metrics["n_targets"] == 2
+    poisons = list(csv.DictReader((tmp_path / "poisons.csv").open()))
+    assert len(poisons) == sum(int(r["n_poisons"]) for r in rows) and 0 <= metrics["poison_base_agreement"] <= 1
     if rad_ok:
         assert metrics["asr"] == 1.0 and metrics["n_trials"] == 2  # stops at each target's first success
         assert all(r["success"] == "True" and r["success_epoch"] == "2" and r["poisons_used"] == "1" for r in rows)
@@ -216,7 +260,7 @@ def test_bad_settings_name_the_field(digits, tmp_path, keys, field):
 # --- end to end ---------------------------------------------------------------------------------------------
 
 
-def test_end_to_end_oneshot_compromises_a_target_and_multipoison_counts_poisons(tmp_path):
+def test_end_to_end_default_poisons_are_clean_label_and_small_beta_trades_that_for_success(tmp_path):
     # Tiny models train several times faster on one thread than on two contended ones.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -227,14 +271,24 @@ def test_end_to_end_oneshot_compromises_a_target_and_multipoison_counts_poisons(
 
 
 def _end_to_end(tmp_path):
-    out = tmp_path / "oneshot"
-    metrics = run(compose_cfg(*E2E), output_dir=out)
-    assert metrics["status"] == "ok" and metrics["n_targets"] == 3
-    assert metrics["asr"] > 0 and metrics["mean_poisons_needed"] == 1.0
-    assert 0 <= metrics["rad"] < 0.05 and metrics["seconds_per_target"] > 0
+    out = tmp_path / "clean"
+    metrics = run(compose_cfg(*E2E, "attack.max_poisons=2", "attack.max_feature_distance=null"), output_dir=out)
+    assert metrics["status"] == "ok" and metrics["n_targets"] == 3 and metrics["seconds_per_target"] > 0
+    # Default β: all 45 poisons per target stay near their bases (1/5 of the way for a linear model), and the
+    # pretrained model still labels most of them 7 (measured: 0.71 agreement, distance 0.23).
+    assert metrics["poison_base_agreement"] > 0.6 and metrics["poison_base_distance"] < 0.3
     rows = list(csv.DictReader((out / "targets.csv").open()))
-    assert len(rows) == 3 and any(r["success"] == "True" for r in rows)
+    assert len(rows) == 3
     assert {"target_index", "success", "poisons_used", "success_epoch", "feature_distance", "prob_true",
-            "prob_base"} <= set(rows[0])  # fmt: skip
-    multi = run(compose_cfg(*E2E, "attack.mode=multipoison"), output_dir=tmp_path / "multi")
-    assert multi["asr"] >= metrics["asr"] and multi["mean_poisons_needed"] >= 1
+            "prob_base", "poison_base_distance", "poison_base_agreement"} <= set(rows[0])  # fmt: skip
+    poisons = list(csv.DictReader((out / "poisons.csv").open()))
+    assert len(poisons) == sum(int(r["n_poisons"]) for r in rows) > 0
+    as_base = [p["as_base"] == "True" for p in poisons]
+    assert metrics["poison_base_agreement"] == pytest.approx(sum(as_base) / len(as_base))
+    assert all((p["pretrained_pred"] == "7") == a for p, a in zip(poisons, as_base))
+    assert sum(p["tried"] == "True" for p in poisons) == sum(int(r["trials"]) for r in rows)
+    # A small explicit β buys success with poisons the model already calls 9: mislabelled copies of the target.
+    dirty = run(compose_cfg(*E2E, "attack.beta=0.1", "attack.mode=multipoison", "attack.max_poisons=8"),
+                output_dir=tmp_path / "dirty")  # fmt: skip
+    assert dirty["asr"] > 0 and dirty["mean_poisons_needed"] >= 1 and dirty["rad"] < 0.05
+    assert dirty["poison_base_agreement"] < 0.1 and dirty["poison_base_distance"] > 0.8

@@ -26,16 +26,29 @@ import torch
 from torch import nn
 
 
-def feature_extractor(model: nn.Module) -> nn.Module:
-    """A frozen copy of ``model`` with its last ``nn.Linear`` replaced by the identity.
+def feature_space(model: nn.Module) -> str:
+    """``logits`` for a model whose only parametric layer is its classifier (``lr``), else ``penultimate``.
 
-    For every model in ``gsdefense.models`` the last Linear is the classifier head, so this is the
-    penultimate-layer representation (for ``lr``: the normalised, flattened input).
+    A linear model has no hidden representation: Hong et al.'s ``LinearRegression`` returns its logits as its
+    "penultimate" output, and their poisons collide there. Colliding in its *input* instead would simply move
+    the poison onto the target's pixels.
+    """
+    parametric = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    return "logits" if len(parametric) == 1 and isinstance(parametric[0], nn.Linear) else "penultimate"
+
+
+def feature_extractor(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` that outputs its ``feature_space``.
+
+    ``penultimate``: the last ``nn.Linear`` (for every model in ``gsdefense.models``, the classifier head) is
+    replaced by the identity. ``logits``: the model itself (``lr``).
     """
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not names:
         raise ValueError(f"{type(model).__name__} has no Linear layer to strip")
     extractor = copy.deepcopy(model).eval().requires_grad_(False)
+    if feature_space(model) == "logits":
+        return extractor
     *path, leaf = names[-1].split(".")
     parent = extractor.get_submodule(".".join(path)) if path else extractor
     setattr(parent, leaf, nn.Identity())
@@ -54,9 +67,17 @@ def nearest(query: torch.Tensor, pool: torch.Tensor, count: int) -> torch.Tensor
     return dist.topk(min(count, len(pool)), largest=False).indices
 
 
-def shafahi_beta(beta0: float, *, dim_feature: int, dim_input: int) -> float:
-    """β = β0·(dim_f / dim_b)²: Shafahi's β0·2048²/dim_b² with 2048 (InceptionV3's feature size) generalised."""
-    return beta0 * (dim_feature / dim_input) ** 2
+def feature_gain(extractor: nn.Module, target: torch.Tensor, bases: torch.Tensor) -> float:
+    """``median_b ‖f(t) − f(b)‖² / ‖t − b‖²``: how strongly ``f`` stretches the way from a base to the target.
+
+    For ``f(x) = γ·x + c`` (gain γ²) the objective ``‖f(p) − f(t)‖² + (β/2)‖p − b‖²`` is minimised at
+    ``p = b + s·(t − b)`` with ``s = 2γ² / (2γ² + β)``: β = k·gain stops the poison ``2/(2 + k)`` of the way.
+    """
+    f_t = features(extractor, target[None])
+    f_b = features(extractor, bases)
+    moved = (f_b - f_t).pow(2).sum(1)
+    span = (bases - target[None]).flatten(1).pow(2).sum(1).clamp_min(1e-12)
+    return float((moved / span).median())
 
 
 def proximal_step(x_hat: torch.Tensor, base: torch.Tensor, *, step: torch.Tensor | float, beta: float) -> torch.Tensor:

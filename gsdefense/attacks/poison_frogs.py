@@ -5,7 +5,7 @@ attacker's poisons. Per target ``t`` (a test sample of ``target_true_class`` tha
 drawn with ``context.seed``), the attacker
 
 1. takes the ``candidates_per_target`` test samples of ``base_class`` nearest to ``t`` in the pretrained model's
-   penultimate feature space ``f`` (Hong et al.: "100 other testing samples … close to the target");
+   feature space ``f`` (below; Hong et al.: "100 other testing samples … close to the target");
 2. crafts one poison per candidate by forward-backward splitting (``frogs_craft``), all candidates in one batch,
    at most ``max_iters`` iterations (paper: 10,000; we also stop early once the objective has converged);
 3. keeps poisons with ``‖f(p) − f(t)‖ ≤ max_feature_distance`` (paper: 3.5), labelled ``base_class``
@@ -15,25 +15,42 @@ drawn with ``context.seed``), the attacker
 
 A target is compromised when, at any retraining epoch, it is classified as ``base_class`` while that epoch's
 ``RAD = (acc_ref − acc)/acc_ref < max_rad`` (0.05). ``asr`` = compromised / targets (targets without any poison
-within the distance count as failures; ``n_targets_with_poisons`` gives the other denominator).
+within the distance count as failures; ``n_targets_with_poisons`` gives the other denominator). Outputs:
+``targets.csv`` (one row per target) and ``poisons.csv`` (one row per kept poison).
 
-β defaults to Shafahi's ``β0·2048²/dim_b²`` with 2048 (InceptionV3's feature size) replaced by this model's
-feature size: ``β = β0·(dim_f/dim_b)²``, β0 = 0.25. Crafted poisons are cached per (pretrained weights, target,
-candidates, crafting settings), so a DP grid over one pretrained model crafts once. Trials of different targets
-are independent but run one after another (each is a full retraining through the TrialRunner); only crafting
-is batched. Cost on digits/MLP (retrain 10 epochs, ≤ 10 trials, 1 CPU thread): about 1.3 s per target vanilla,
-about 19 s with DP-SGD (Opacus per-sample gradients, and failing targets use all their trials).
+Feature space ``f``: the penultimate layer (the classifier head removed); for ``lr``, which has no hidden layer,
+the logits, as Hong et al.'s code (its ``LinearRegression`` returns its logits as the "penultimate" output).
+
+**β and the clean label.** β weighs ``(β/2)·‖p − b‖²`` against ``‖f(p) − f(t)‖²``. ``beta: null`` (default) sets,
+per target, ``β = beta_scale · median_b ‖f(t) − f(b)‖² / ‖t − b‖²``, a setting free of the model's and the input's
+scales (Shafahi's ``β0·2048²/dim_b²`` only corrects for the input size): for ``f(x) = γ·x + c`` the poison lands
+``2/(2 + beta_scale)`` of the way from ``b`` to ``t``. ``beta_scale`` = 8 (1/5 of the way) keeps the poisons
+clean-label: per kept poison, ``poisons.csv`` records ``base_distance = ‖p − b‖/‖t − b‖`` and whether the pretrained
+model still classifies it as ``base_class`` (means: ``poison_base_distance``, ``poison_base_agreement``). On
+digits (9 ← 7), the preset's small command (hong_fig5_oneshot, 10 targets): agreement 0.90 (LR) / 0.94 (MLP),
+distance 0.23 / 0.20; ``beta_scale`` 4: 0.63 / 0.57; 2: 0.13 / 0.05; the former default ``beta=0.1``: 0 / 0 at
+distance 0.58 / 0.87. The price is success: digits' default retrain scenario, MLP, multipoison with up to 20
+poisons, no distance filter: ASR 1.0 (3.4 poisons) at ``beta=0.1`` with agreement 0, 0.5 (8.8 poisons) at
+``beta_scale`` 2, 0.1 at 4 and 8 (agreement 0.29, 0.74). A smaller ``beta_scale`` (or an explicit ``beta``) buys
+success with poisons that the model itself already labels as the target, i.e. mislabelled copies of it.
+``max_feature_distance`` (3.5) is in Hong's Purchase-LR units; a better-trained model (larger features) keeps fewer.
+
+Crafted poisons are cached per (pretrained weights, feature space, target, candidates, crafting settings), so a
+DP grid over one pretrained model crafts once. Trials of different targets are independent but run one after
+another (each is a full retraining through the TrialRunner); only crafting is batched. Cost on digits/MLP
+(retrain 10 epochs, ≤ 10 trials, 1 CPU thread): about 1.3 s per target vanilla, about 19 s with DP-SGD (Opacus
+per-sample gradients, and failing targets use all their trials).
 
 Deviations from the papers: targets are drawn among correctly classified test samples (a misclassified target
 proves nothing); fewer than ``candidates_per_target`` bases are used when the test set has fewer (digits: ~45);
 ``max_poisons`` also caps the one-shot trials (the original tried all ~100 poisons); crafting stops early once
 converged (on digits the MLP converges in a few hundred iterations); every trial runs all ``retrain_epochs``
-(the original stopped at the first flip, which gives the same verdict).
+(the original stopped at the first flip, which gives the same verdict); β's default (above). All of them:
+docs/deviations.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -46,7 +63,8 @@ from torch.nn import functional as F
 from gsdefense import metrics as M
 from gsdefense.attacks import frogs_craft as fc
 from gsdefense.attacks.base import Attack, RunContext
-from gsdefense.cache import cached_tensors
+from gsdefense.attacks.frogs_report import Tally, clean_label_stats, mean, poison_rows, summary
+from gsdefense.cache import StaleEntry, cached_tensors
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
 from gsdefense.io import write_csv
@@ -66,14 +84,10 @@ class PoisonFrogsConfig:
     max_iters: int = 10000
     step_size: float = 0.01
     beta: float | None = None
-    beta0: float = 0.25
+    beta_scale: float = 8.0
     max_feature_distance: float | None = 3.5
     max_poisons: int = 100
     max_rad: float = 0.05
-
-
-def _mean(values: list) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def ranked(crafted: dict[str, torch.Tensor], *, max_feature_distance: float | None) -> torch.Tensor:
@@ -95,30 +109,6 @@ def first_success(history: list[dict], *, base_class: int, acc_ref: float | None
         if row.get("target_pred") == base_class and rad is not None and rad < max_rad:
             return row
     return None
-
-
-@dataclass
-class _Tally:
-    """Per-trial numbers summed over all targets."""
-
-    rads: list[float] = dataclasses.field(default_factory=list)  # final-epoch RAD of every finished trial
-    accs: list[float] = dataclasses.field(default_factory=list)
-    epsilons: list[float] = dataclasses.field(default_factory=list)
-    n_trials: int = 0
-    n_diverged: int = 0
-
-    def add(self, result: Any, *, acc_ref: float | None) -> None:
-        self.n_trials += 1
-        if result.epsilon is not None:
-            self.epsilons.append(result.epsilon)
-        if result.status != "ok":
-            self.n_diverged += 1
-            return
-        acc = result.history[-1].get("clean_acc")
-        if acc is not None:
-            self.accs.append(acc)
-        if (rad := M.rad(acc_ref, acc)) is not None:
-            self.rads.append(rad)
 
 
 class PoisonFrogs(Attack):
@@ -151,11 +141,11 @@ class PoisonFrogs(Attack):
         for field in ("n_targets", "candidates_per_target", "max_iters", "max_poisons"):
             if getattr(cfg, field) <= 0:
                 raise ConfigError(f"attack.{field}", f"must be > 0 (got {getattr(cfg, field)}).")
-        for field in ("step_size", "beta0", "max_rad"):
+        for field in ("step_size", "beta_scale", "max_rad"):
             if not getattr(cfg, field) > 0:
                 raise ConfigError(f"attack.{field}", f"must be > 0 (got {getattr(cfg, field)}).")
-        if cfg.beta is not None and cfg.beta < 0:
-            raise ConfigError("attack.beta", f"must be >= 0 or null (got {cfg.beta}).", "null uses β0·(dim_f/dim_b)².")
+        if cfg.beta is not None and not cfg.beta >= 0:
+            raise ConfigError("attack.beta", f"must be >= 0 or null (got {cfg.beta}).", "null uses beta_scale·gain.")
         if cfg.max_feature_distance is not None and not cfg.max_feature_distance > 0:
             raise ConfigError("attack.max_feature_distance", f"must be > 0 or null (got {cfg.max_feature_distance}).")
         available = int((data.y_test == cfg.target_true_class).sum())
@@ -178,27 +168,42 @@ class PoisonFrogs(Attack):
             log.warning("only %d correctly classified targets available (asked %d)", len(chosen), self.cfg.n_targets)
         return chosen
 
-    def _poisons(self, extractor, data: DataBundle, target: int, bases: torch.Tensor, *, key: str, cache_dir: Path):
+    def beta(self, extractor, target: torch.Tensor, bases: torch.Tensor) -> float:
+        """``attack.beta``, or ``beta_scale · gain`` with ``gain = median_b ‖f(t) − f(b)‖² / ‖t − b‖²``."""
+        if self.cfg.beta is not None:
+            return self.cfg.beta
+        return self.cfg.beta_scale * fc.feature_gain(extractor, target, bases)
+
+    def _poisons(self, model, extractor, data: DataBundle, target: int, bases: torch.Tensor, *, key: str,
+                 cache_dir: Path) -> dict[str, torch.Tensor]:  # fmt: skip
         """Crafted poisons for one target (cached), in candidate order."""
         cfg = self.cfg
         x_t, x_b = data.x_test[target], data.x_test[bases]
-        dim_f = fc.features(extractor, x_t[None]).shape[1]
-        beta = (
-            cfg.beta if cfg.beta is not None else fc.shafahi_beta(cfg.beta0, dim_feature=dim_f, dim_input=x_t.numel())
-        )
+        beta = self.beta(extractor, x_t, x_b)
         settings = {"step_size": cfg.step_size, "beta": beta, "max_iters": cfg.max_iters, "box": list(data.box)}
-        spec = {"pretrained": key, "inputs": fc.tensor_digest(x_t, x_b), **settings}
+        spec = {"pretrained": key, "features": fc.feature_space(model), "inputs": fc.tensor_digest(x_t, x_b),
+                **settings}  # fmt: skip
 
         def compute() -> dict[str, torch.Tensor]:
             out = fc.craft(extractor, x_t, x_b, **(settings | {"box": data.box}))
             log.info("target %d: crafted %d poisons in %d iterations", target, len(x_b), out.iterations)
             return {"poisons": out.poisons, "feature_distance": out.feature_distance, "perturbation": out.perturbation}
 
-        entry, _ = cached_tensors(cache_dir, "poison_frogs", spec, compute)
+        def check(entry: dict[str, torch.Tensor]) -> None:
+            """A cached entry must hold one poison per base, in the box, with one distance each."""
+            shapes = {"poisons": tuple(x_b.shape), "feature_distance": (len(x_b),), "perturbation": (len(x_b),)}
+            for name, shape in shapes.items():
+                if name not in entry or tuple(entry[name].shape) != shape:
+                    raise StaleEntry(f"{name} is missing or not of shape {shape}")
+            lo, hi = data.box
+            if entry["poisons"].min() < lo or entry["poisons"].max() > hi:
+                raise StaleEntry("its poisons leave the data box")
+
+        entry, _ = cached_tensors(cache_dir, "poison_frogs", spec, compute, check=check)
         return {k: v.to(data.x_test.device) for k, v in entry.items()}
 
     def evaluate(self, *, data: DataBundle, context: RunContext, trials: Any, output_dir: Path) -> dict[str, Any]:
-        """Craft, retrain and judge every target; write ``targets.csv``; return the run's metrics."""
+        """Craft, retrain and judge every target; write ``targets.csv`` and ``poisons.csv``; return the metrics."""
         cfg = self.cfg
         start = time.perf_counter()
         model = trials.pretrained_model()
@@ -206,18 +211,26 @@ class PoisonFrogs(Attack):
         key = getattr(trials, "pretrained_key", None) or fc.state_digest(model)
         pool = (data.y_test == cfg.base_class).nonzero().squeeze(1)
         pool_feat = fc.features(extractor, data.x_test[pool])
-        tally, rows = _Tally(), []
+        tally, rows, poisons_csv = Tally(), [], []
         for target in self._targets(data, model, seed=context.seed).tolist():
             target_feat = fc.features(extractor, data.x_test[target][None])[0]
             bases = pool[fc.nearest(target_feat, pool_feat, cfg.candidates_per_target)]
-            crafted = self._poisons(extractor, data, target, bases, key=key, cache_dir=context.cache_dir)
+            crafted = self._poisons(model, extractor, data, target, bases, key=key, cache_dir=context.cache_dir)
             order = ranked(crafted, max_feature_distance=cfg.max_feature_distance)
-            poisons, dist = crafted["poisons"][order], crafted["feature_distance"][order]
-            rows.append(self._attack_target(data, target, poisons, dist, trials=trials, tally=tally))
+            kept = {name: value[order] for name, value in crafted.items()}
+            stats = clean_label_stats(model, kept["poisons"], data.x_test[bases[order]], data.x_test[target],
+                                      base_class=cfg.base_class)  # fmt: skip
+            row = self._attack_target(data, target, kept["poisons"], kept["feature_distance"], trials=trials,
+                                      tally=tally)  # fmt: skip
+            row.update(poison_base_distance=mean(stats["base_distance"].tolist()),
+                       poison_base_agreement=mean(stats["as_base"].float().tolist()))  # fmt: skip
+            rows.append(row)
+            poisons_csv += poison_rows(target, bases[order], kept, stats, tried=row["trials"])
         write_csv(Path(output_dir) / "targets.csv", rows)
-        return self._summary(rows, tally, acc_ref=trials.acc_ref, seconds=time.perf_counter() - start)
+        write_csv(Path(output_dir) / "poisons.csv", poisons_csv)
+        return summary(rows, poisons_csv, tally, acc_ref=trials.acc_ref, seconds=time.perf_counter() - start)
 
-    def _attack_target(self, data, target: int, poisons, dist, *, trials: Any, tally: _Tally) -> dict[str, Any]:
+    def _attack_target(self, data, target: int, poisons, dist, *, trials: Any, tally: Tally) -> dict[str, Any]:
         """Up to ``max_poisons`` retraining trials for one target (sorted poisons); its targets.csv row."""
         cfg = self.cfg
         evaluate = self._judge(data, target)
@@ -257,23 +270,3 @@ class PoisonFrogs(Attack):
             }
 
         return evaluate
-
-    def _summary(self, rows: list[dict], tally: _Tally, *, acc_ref: float | None, seconds: float) -> dict[str, Any]:
-        wins = [r for r in rows if r["success"]]
-        n = len(rows)
-        return {
-            "asr": len(wins) / n if n else None,
-            "n_compromised": len(wins),
-            "mean_poisons_needed": _mean([r["poisons_used"] for r in wins]),
-            "mean_trials_needed": _mean([r["trials"] for r in wins]),
-            "rad": _mean(tally.rads),
-            "clean_acc": _mean(tally.accs),
-            "acc_ref": acc_ref,
-            "n_targets": n,
-            "n_targets_with_poisons": sum(r["n_poisons"] > 0 for r in rows),
-            "mean_poisons_crafted": _mean([r["n_poisons"] for r in rows]),
-            "n_trials": tally.n_trials,
-            "n_diverged_trials": tally.n_diverged,
-            "epsilon": max(tally.epsilons, default=None),
-            "seconds_per_target": seconds / n if n else None,
-        }
