@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_budget, check_target, pick, poison_count
-from gsdefense.cache import cached_tensors
+from gsdefense.cache import StaleEntry, cached_tensors
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
 
@@ -148,7 +148,15 @@ class Narcissus(Attack):
         def compute() -> dict[str, torch.Tensor]:
             return {"delta": self._optimise(data, node=node, optimizer=optimizer, seed=context.seed)}
 
-        entry, self.cache_hit = cached_tensors(context.cache_dir, "narcissus_trigger", spec, compute)
+        def check(entry: dict[str, torch.Tensor]) -> None:
+            """A cached δ must have the input's shape and lie in the ℓ∞ ball of radius eps."""
+            delta = entry.get("delta")
+            if delta is None or tuple(delta.shape) != data.input_shape:
+                raise StaleEntry(f"it holds no delta of shape {data.input_shape}")
+            if float(delta.abs().max()) > self.cfg.eps * (1 + 1e-6):
+                raise StaleEntry(f"its delta leaves the ℓ∞ ball of radius {self.cfg.eps}")
+
+        entry, self.cache_hit = cached_tensors(context.cache_dir, "narcissus_trigger", spec, compute, check=check)
         return entry["delta"].to(data.x_train.device)
 
     def _optimise(self, data: DataBundle, *, node: Any, optimizer: Any, seed: int) -> torch.Tensor:

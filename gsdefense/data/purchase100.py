@@ -67,9 +67,10 @@ def _bad(path: Path, problem: str, fix: str = FIX) -> ConfigError:
 
 def _read_npz(path: Path) -> tuple[np.ndarray, ...]:
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            if not hasattr(arrays, "files"):  # a bare .npy renamed .npz
-                raise _bad(path, "holds one array, not an .npz archive.")
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a bare .npy renamed .npz
+            raise _bad(path, "holds one array, not an .npz archive.")
+        with loaded as arrays:
             missing = [k for k in ("arr_0", "arr_1", "arr_2", "arr_3") if k not in arrays.files]
             if missing:
                 raise _bad(path, f"lacks {missing} (it has {sorted(arrays.files)}).")
@@ -77,6 +78,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, ...]:
     except ConfigError:
         raise
     except ValueError as err:
+        if "allow_pickle" in str(err) and not _is_zip(path):  # numpy tries unpickling whatever is not npz/npy
+            raise _bad(path, "is not an .npz archive (nor an .npy array).") from None
         if "allow_pickle" in str(err):
             raise _bad(
                 path,
@@ -87,6 +90,11 @@ def _read_npz(path: Path) -> tuple[np.ndarray, ...]:
         raise _bad(path, f"is not a readable .npz ({_one_line(err)}).") from None
     except Exception as err:  # noqa: BLE001 - zip, zlib and OS errors of a corrupt or truncated file
         raise _bad(path, f"is not a readable .npz ({_one_line(err)}).") from None
+
+
+def _is_zip(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
 
 
 def _one_line(err: BaseException) -> str:
@@ -137,7 +145,7 @@ def _features(x: np.ndarray, *, path: Path, part: str) -> np.ndarray:
         raise _bad(path, f"has {part} features of dtype {x.dtype}, not numbers.")
     if x.ndim < 2:
         raise _bad(path, f"has {part} features of shape {x.shape}; expected (records, features).")
-    x = x.reshape(len(x), -1).astype(np.float32)
+    x = x.reshape(x.shape[0], int(np.prod(x.shape[1:]))).astype(np.float32)
     if not np.isfinite(x).all():
         raise _bad(path, f"has NaN or infinite {part} features.", "Purchase-100 features are binary (0/1).")
     if x.size and (x.min() < 0 or x.max() > 1):
