@@ -178,7 +178,7 @@ def test_purchase_path_that_is_a_directory(tmp_path: Path) -> None:
     assert "is a directory" in msg and "GSDEFENSE_PURCHASE100" in msg
 
 
-# --- torchvision files (dataset.data_dir) -----------------------------------------------------------------------------
+# --- torchvision files (dataset.data_dir) ---------------------------------------------------------------------------
 
 FMNIST = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -278,7 +278,7 @@ def test_failed_download_says_so_and_what_to_do(tmp_path: Path, monkeypatch: pyt
     assert "set dataset.download=true" not in msg  # it already is
 
 
-# --- cached triggers and poisons ---------------------------------------------------------------------------------------
+# --- cached triggers and poisons ------------------------------------------------------------------------------------
 
 
 def _tamper(cache: Path, kind: str, change) -> None:
@@ -314,9 +314,7 @@ def test_cached_narcissus_trigger_of_the_wrong_shape_is_recomputed(tmp_path: Pat
 
 def test_cached_poisons_of_the_wrong_shape_are_recomputed(tmp_path: Path, digits, monkeypatch) -> None:
     from gsdefense.attacks import frogs_craft as fc
-    from gsdefense.training.loop import TrainResult
-
-    from gsdefense.training.loop import train
+    from gsdefense.training.loop import TrainResult, train
     from gsdefense.training.optim import SGDConfig
 
     torch.manual_seed(0)
@@ -350,7 +348,7 @@ def test_cached_poisons_of_the_wrong_shape_are_recomputed(tmp_path: Path, digits
     assert crafted == [1, 1]  # a valid entry is used
 
 
-# --- through the real CLI ---------------------------------------------------------------------------------------------
+# --- through the real CLI -------------------------------------------------------------------------------------------
 
 
 def _cli_error(tmp_path: Path, *args: str, field: str) -> str:
