@@ -43,11 +43,14 @@ class LRConfig:
 class MLPConfig:
     name: str = "mlp"
     hidden: int = 256
+    depth: int = 1  # hidden layers: 1 as Hong et al.'s Table 4; their code (ShallowMLP) has 2
 
 
 @dataclass
 class CNNConfig:
     name: str = "cnn"
+    hidden: int = 64  # FC width (Table 4: 64; the original's FashionMNIST backdoor CNN used 256)
+    padding: int = 1  # of both 3x3 convolutions: 1 keeps the size ("same", as the original code); 0 = "valid"
 
 
 @dataclass
@@ -73,12 +76,17 @@ def logistic_regression(cfg: LRConfig, *, input_shape: tuple[int, ...], num_clas
 
 @MODELS.register("mlp", MLPConfig)
 def mlp(cfg: MLPConfig, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
-    """FC(hidden)-ReLU-FC(classes) (Table 4: hidden = 256)."""
+    """``depth`` × [FC(hidden)-ReLU], then FC(classes) (Table 4: one FC256; the original code: two)."""
     if cfg.hidden <= 0:
         raise ConfigError("model.hidden", f"must be > 0 (got {cfg.hidden}).")
-    body = nn.Sequential(
-        nn.Flatten(), nn.Linear(math.prod(input_shape), cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, num_classes)
-    )
+    if cfg.depth < 1:
+        raise ConfigError("model.depth", f"must be >= 1 (got {cfg.depth}).", "1 as Table 4, 2 as the original code.")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for _ in range(cfg.depth):
+        layers += [nn.Linear(width, cfg.hidden), nn.ReLU()]
+        width = cfg.hidden
+    body = nn.Sequential(*layers, nn.Linear(width, num_classes))
     return _wrap(body, mean, std, len(input_shape))
 
 
@@ -93,20 +101,29 @@ def _require_image(name: str, input_shape: tuple[int, ...], min_side: int) -> No
 
 @MODELS.register("cnn", CNNConfig)
 def cnn(cfg: CNNConfig, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
-    """Conv3x3x16-ReLU, Conv3x3x32-ReLU, MaxPool2, FC64-ReLU, FC(classes) (Table 4)."""
-    _require_image("cnn", input_shape, 6)
+    """Conv3x3x16-ReLU, Conv3x3x32-ReLU, MaxPool2, FC(hidden)-ReLU, FC(classes) (Table 4; hidden = 64).
+
+    Both convolutions pad by ``padding`` (1: "same", as the original code), so a side ``h`` reaches the
+    pooling as ``h - 4 + 4·padding``.
+    """
+    if cfg.hidden <= 0:
+        raise ConfigError("model.hidden", f"must be > 0 (got {cfg.hidden}).")
+    if not 0 <= cfg.padding <= 1:
+        raise ConfigError("model.padding", f"must be 0 or 1 (got {cfg.padding}).", "1 = 'same' (the original), 0.")
+    shrink = 4 - 4 * cfg.padding
+    _require_image("cnn", input_shape, 2 + shrink)
     c, h, w = input_shape
-    flat = 32 * ((h - 4) // 2) * ((w - 4) // 2)
+    flat = 32 * ((h - shrink) // 2) * ((w - shrink) // 2)
     body = nn.Sequential(
-        nn.Conv2d(c, 16, 3),
+        nn.Conv2d(c, 16, 3, padding=cfg.padding),
         nn.ReLU(),
-        nn.Conv2d(16, 32, 3),
+        nn.Conv2d(16, 32, 3, padding=cfg.padding),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(flat, 64),
+        nn.Linear(flat, cfg.hidden),
         nn.ReLU(),
-        nn.Linear(64, num_classes),
+        nn.Linear(cfg.hidden, num_classes),
     )
     return _wrap(body, mean, std, 3)
 

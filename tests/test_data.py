@@ -171,6 +171,24 @@ def test_input_norm_options_and_stable_state_dicts() -> None:
         build_model(node, input_shape=(1, 8, 8), num_classes=10, mean=torch.zeros(1), std=None)
 
 
+def test_model_options_restore_the_original_architectures() -> None:
+    def linears(node: dict, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+        net = build_model(OmegaConf.create(node), input_shape=shape, num_classes=2, mean=None, std=None)
+        return [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+
+    # The original ShallowMLP: two hidden layers (FashionMNIST-3/4: 100 units); Table 4: one of 256.
+    assert linears({"name": "mlp"}, (1, 28, 28)) == [(784, 256), (256, 2)]
+    assert linears({"name": "mlp", "hidden": 100, "depth": 2}, (1, 28, 28)) == [(784, 100), (100, 100), (100, 2)]
+    # The original's convolutions pad "same": 28 -> 28 -> 28 -> pool 14; padding 0 gives 28 -> 24 -> pool 12.
+    assert linears({"name": "cnn"}, (1, 28, 28)) == [(32 * 14 * 14, 64), (64, 2)]
+    assert linears({"name": "cnn", "padding": 0, "hidden": 256}, (3, 32, 32)) == [(32 * 14 * 14, 256), (256, 2)]
+    for node, field in (({"name": "mlp", "depth": 0}, "model.depth"), ({"name": "cnn", "padding": 2}, "model.padding"),
+                        ({"name": "cnn", "padding": 0}, "model.name")):  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            linears(node, (1, 5, 5))
+        assert err.value.field == field
+
+
 def test_validation_fraction_holds_out_a_stratified_part_of_train() -> None:
     full = load_dataset({"name": "digits"}, seed=0)
     b = load_dataset({"name": "digits", "validation_fraction": 0.2, "input_norm": "standardize"}, seed=0)
