@@ -2,7 +2,12 @@
 
 Settings always come from each run's ``.hydra/config.yaml`` (never from folder names), flattened with dots
 (``dp.clip``, ``attack.poison_ratio``); metrics come from ``metrics.json`` as they are, so new keys appear as new
-columns without changes here. A run without a readable metrics.json has status ``missing``.
+columns without changes here. Each metrics.json is checked against the config beside it (``run_id``) and for its
+types; what fails a check gets its own status and a reason in ``error``, never another config's numbers:
+
+- ``missing``: no metrics.json (the job never finished);
+- ``stale``: metrics.json is another config's (its ``run_id`` differs from this config's);
+- ``invalid``: the config or metrics.json cannot be read, or a metric has the wrong type.
 """
 
 from __future__ import annotations
@@ -15,17 +20,31 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 PathLike = str | Path
+STATS = ("mean", "std", "count")
 GROUPS = ("dataset", "model", "attack", "optimizer", "dp")
 # Top-level config scalars other than seed become ``config.<key>``: metrics.json has keys such as ``device``
 # (the device actually used) that would otherwise clash, and a dot marks every other column as a setting.
 PLAIN_TOP_LEVEL = frozenset({"seed"})
 # Config values that label a run but do not change its outcome: never a reason to split or average.
 NOT_SETTINGS = frozenset({"seed", "config.cache_dir", "config.device", "dataset.data_dir", "dataset.download"})
-STATUSES = ("ok", "diverged", "failed", "missing")
+# What metrics.json may say, then what the checks here may conclude.
+RUN_STATUSES = ("ok", "diverged", "failed")
+STATUSES = (*RUN_STATUSES, "stale", "invalid", "missing")
+# metrics.json keys that must be numbers (or null): anything else marks the run invalid.
+NUMERIC_METRICS = frozenset(
+    {
+        *("clean_acc", "best_clean_acc", "target_class_acc", "asr", "robust_acc", "rad", "acc_ref"),
+        *("rad_dp_matched", "acc_ref_dp_matched", "train_loss", "clean_train_loss", "poison_train_loss"),
+        *("epsilon", "delta", "n_train", "n_poison", "poison_ratio", "n_removed", "n_poison_removed"),
+        *("certified_upper_bound", "n_targets", "mean_poisons_needed", "seconds_per_target", "seconds"),
+        *("diverged_epoch", "fused_group_size"),
+    }
+)
 
 
 def is_config_column(name: str) -> bool:
@@ -68,36 +87,135 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_config(run_dir: PathLike) -> dict[str, Any]:
-    """A run's resolved config as a flat ``{dotted.key: value}`` dict (the ``hydra`` node skipped)."""
-    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _recorded_env(run_dir: Path) -> dict[str, str]:
+    """Environment variables Hydra set for the job (``hydra.job.env_set``): the only environment a run records."""
+    with contextlib.suppress(Exception):
+        env = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.job.env_set
+        return {str(k): str(v) for k, v in OmegaConf.to_container(env, resolve=False).items()}
+    return {}
+
+
+def _env_value(key: str, text: str, recorded: dict[str, str]) -> Any:
+    """An ``${oc.env:NAME,default}`` value as the run saw it, or None to drop the column.
+
+    The run's environment is not recorded (except ``hydra.job.env_set``), and the analysing machine's is not the
+    run's: locations that are not settings (``NOT_SETTINGS``: cache and data folders) are dropped; any other such
+    value is shown as ``$NAME (not recorded)`` rather than guessed.
+    """
+    match = re.fullmatch(r"\$\{oc\.env:([^,}]+)(?:,([^}]*))?\}", text.strip())
+    name = match.group(1).strip() if match else text
+    if match and name in recorded:
+        return recorded[name]
+    return None if key in NOT_SETTINGS else f"${name} (not recorded)"
+
+
+def flat_config(cfg: DictConfig, *, run_dir: PathLike | None = None) -> dict[str, Any]:
+    """A resolved config as a flat ``{dotted.key: value}`` dict (the ``hydra`` node skipped)."""
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra", None)
+    recorded = _recorded_env(Path(run_dir)) if run_dir is not None else {}
     out: dict[str, Any] = {}
     for key, value in _flatten(raw).items():
-        # oc.env would read the *analysing* machine's environment, not the run's: keep such expressions as text.
-        if isinstance(value, str) and "${" in value and "oc.env" not in value:
+        column = key if "." in key or key in PLAIN_TOP_LEVEL else f"config.{key}"
+        if isinstance(value, str) and "oc.env" in value:
+            value = _env_value(column, value, recorded)
+            if value is None:
+                continue
+        elif isinstance(value, str) and "${" in value:
             # An unresolvable interpolation is still worth showing, as text.
             with contextlib.suppress(Exception):
                 value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
             if isinstance(value, DictConfig | ListConfig):
                 value = OmegaConf.to_container(value, resolve=True)
-        out[key if "." in key or key in PLAIN_TOP_LEVEL else f"config.{key}"] = _plain(value)
+        out[column] = _plain(value)
     return out
 
 
+def load_config(run_dir: PathLike) -> DictConfig:
+    """A run's ``.hydra/config.yaml``; ValueError when it is not a YAML mapping."""
+    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    if not isinstance(cfg, DictConfig):
+        raise ValueError("not a YAML mapping")
+    return cfg
+
+
+def read_config(run_dir: PathLike) -> dict[str, Any]:
+    """A run's config as a flat ``{dotted.key: value}`` dict (see ``flat_config``)."""
+    return flat_config(load_config(run_dir), run_dir=run_dir)
+
+
+def _type_problem(data: dict) -> str | None:
+    status = data.get("status")
+    if status not in RUN_STATUSES:
+        return f"status {status!r} is not one of {', '.join(RUN_STATUSES)}"
+    for key in sorted(NUMERIC_METRICS & data.keys()):
+        value = data[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{key} is {value!r} ({type(value).__name__}), not a number"
+    return None
+
+
 def read_metrics(run_dir: PathLike) -> dict[str, Any]:
-    """A run's metrics.json; status ``missing`` (with the reason in ``error``) when absent or unreadable."""
+    """A run's metrics.json as recorded; ``missing`` when absent, ``invalid`` (with the reason in ``error``) when it
+    cannot be read, has no known status, or holds a metric of the wrong type."""
     path = Path(run_dir) / "metrics.json"
     if not path.exists():
         return {"status": "missing", "error": "no metrics.json: the job never finished"}
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return {"status": "missing", "error": f"unreadable metrics.json: {err}"}
-    if not isinstance(data, dict) or "status" not in data:
-        return {"status": "missing", "error": "metrics.json has no status"}
+        return {"status": "invalid", "error": f"unreadable metrics.json: {_one_line(err)}"}
+    if not isinstance(data, dict):
+        return {"status": "invalid", "error": f"metrics.json holds a {type(data).__name__}, not an object"}
+    problem = _type_problem(data)
+    if problem:
+        return {"status": "invalid", "error": f"metrics.json: {problem}", "run_id": data.get("run_id")}
     return {k: _plain(v) for k, v in data.items()}
+
+
+def config_run_id(cfg: DictConfig) -> str:
+    """The id ``gsdefense.run`` gives this config (imported here: it pulls in torch)."""
+    from gsdefense.run import run_id
+
+    return run_id(cfg)
+
+
+def read_run(run_dir: PathLike) -> dict[str, Any]:
+    """One run's row: config columns, metrics, ``status``, ``error``, ``run_dir``. Never raises.
+
+    A metrics.json whose ``run_id`` is not this config's id is ``stale`` and its numbers are dropped. A config that
+    cannot be read or identified, or a metrics.json of the wrong form, is ``invalid``; ``failed`` runs whose config
+    could not be identified when they ran (``run_id`` null) stay ``failed``.
+    """
+    run_dir = Path(run_dir)
+    where = {"run_dir": str(run_dir)}
+    try:
+        cfg = load_config(run_dir)
+        record = flat_config(cfg, run_dir=run_dir)
+    except Exception as err:  # noqa: BLE001 - any unreadable config is reported, never raised
+        return {"status": "invalid", "error": f"unreadable .hydra/config.yaml: {_one_line(err)}", **where}
+    metrics = read_metrics(run_dir)
+    status, recorded = metrics["status"], metrics.get("run_id")
+    if status in ("missing", "invalid") or (status == "failed" and recorded is None):
+        return {**record, **metrics, **where}
+    try:
+        ident = config_run_id(cfg)
+    except Exception as err:  # noqa: BLE001 - a config run_id cannot hash is reported, never raised
+        problem = f"cannot compute this config's run_id: {_one_line(err)}"
+        return {**record, "status": "invalid", "error": problem, **where}
+    if recorded is None:
+        return {**record, "run_id": ident, "status": "invalid", "error": "metrics.json has no run_id", **where}
+    if recorded != ident:
+        problem = (
+            f"metrics.json ({status}) belongs to another config (its run_id {recorded}, this config's {ident}); "
+            "rerun this config to replace it"
+        )
+        return {**record, "run_id": ident, "status": "stale", "error": problem, **where}
+    return {**record, **metrics, **where}
 
 
 def defense_label(row: pd.Series | dict) -> str:
@@ -147,14 +265,9 @@ def load_runs(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
     """One row per run found under the given sweep or run dirs.
 
     Columns: the config (``dp.clip`` …; top-level keys other than ``seed`` as ``config.<key>``), every
-    metrics.json key, ``run_dir``, ``status`` (``missing`` without a readable metrics.json) and ``defense``.
+    metrics.json key, ``run_dir``, ``status`` (see ``STATUSES`` and ``read_run``) and ``defense``.
     """
-    records = []
-    for run_dir in find_run_dirs(path_or_paths):
-        record = read_config(run_dir)
-        record.update(read_metrics(run_dir))
-        record["run_dir"] = str(run_dir)
-        records.append(record)
+    records = [read_run(run_dir) for run_dir in find_run_dirs(path_or_paths)]
     if not records:
         return pd.DataFrame(columns=["run_dir", "status", "defense"])
     df = _frame(records)
@@ -172,7 +285,10 @@ def _ordered(columns: Iterable[str]) -> list[str]:
 
 
 def load_history(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
-    """One row per epoch of every run with a history.csv, plus its config, ``status``, ``defense``, ``run_dir``."""
+    """One row per epoch of every run with a history.csv, plus its config, ``status``, ``defense``, ``run_dir``.
+
+    The status is the run's (``read_run``): figures keep ok and diverged runs, so a stale run's epochs never show.
+    """
     frames = []
     for run_dir in find_run_dirs(path_or_paths):
         path = run_dir / "history.csv"
@@ -182,7 +298,9 @@ def load_history(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
             hist = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
             continue
-        meta = read_config(run_dir) | {"status": read_metrics(run_dir)["status"], "run_dir": str(run_dir)}
+        row = read_run(run_dir)
+        meta = {k: v for k, v in row.items() if is_config_column(k)}
+        meta |= {"status": row["status"], "run_dir": str(run_dir)}
         for key, value in meta.items():
             if key not in hist:
                 hist[key] = [value] * len(hist)
@@ -198,28 +316,60 @@ def metric_columns(df: pd.DataFrame, *, exclude: Sequence[str] = ()) -> list[str
     return [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
 
 
-def summarise(
-    df: pd.DataFrame, by: Sequence[str], *, metrics: Sequence[str] | None = None, wide: bool = False
-) -> pd.DataFrame:
-    """Mean, sd and count of each metric per group of ``by`` (over seeds and every column not in ``by``).
+def _varying_within(df: pd.DataFrame, by: list[str]) -> list[str]:
+    """Per group of ``by`` (in groupby order): the config columns, seed first, that vary inside it."""
+    inside = [c for c in ["seed", *setting_columns(df)] if c in df.columns and c not in by]
+    groups = df.groupby(by, dropna=False, sort=True) if by else [(0, df)]
+    return [", ".join(c for c in inside if part[c].nunique(dropna=False) > 1) for _, part in groups]
 
-    Tidy (long) by default: columns ``*by, metric, mean, std, count``; ``wide=True`` gives one row per group
-    with ``<metric>_mean``, ``<metric>_std``, ``<metric>_count`` columns. Null group keys (e.g. ``dp.clip`` of
-    vanilla runs) form their own group; ``count`` counts non-null values.
+
+def summarise(
+    df: pd.DataFrame, by: Sequence[str] | None = None, *, metrics: Sequence[str] | None = None, wide: bool = False
+) -> pd.DataFrame:
+    """Mean, sd and n of each metric per setting: per group of ``by``, by default every setting that varies in
+    ``df`` (``setting_columns(df, varying=True)``), so that each group is one setting and its spread is over seeds.
+
+    Tidy (long) by default: columns ``*by, metric, mean, std, count, over``; ``wide=True`` gives one row per group
+    with ``<metric>_mean``, ``<metric>_std``, ``<metric>_count`` and ``over``. ``over`` names the config columns
+    that vary inside the group (``seed`` when ``by`` is every swept setting): what the sd is over. Null group keys
+    (e.g. ``dp.clip`` of vanilla runs) form their own group; ``count`` counts non-null values. Pass ok runs
+    (``runs[runs.status == "ok"]``): other statuses have no numbers.
     """
-    by = list(by)
-    if not by:
-        raise ValueError("summarise: `by` needs at least one column (e.g. ['attack.name', 'defense'])")
+    by = setting_columns(df, varying=True) if by is None else list(by)
     missing = [c for c in [*by, *(metrics or [])] if c not in df.columns]
     if missing:
         raise KeyError(f"summarise: no column(s) {missing}; available: {sorted(map(str, df.columns))}")
     metrics = list(metrics) if metrics is not None else metric_columns(df, exclude=by)
+    if df.empty:
+        stats = [f"{m}_{s}" for m in metrics for s in ("mean", "std", "count")] if wide else ["metric", *STATS]
+        return pd.DataFrame(columns=[*by, *stats, "over"])
     values = df[metrics].apply(pd.to_numeric, errors="coerce")
-    grouped = pd.concat([df[by], values], axis=1).groupby(by, dropna=False, sort=True)[metrics]
-    stats = grouped.agg(["mean", "std", "count"])
+    keys = by or ["_all"]
+    frame = pd.concat([df[by], values], axis=1).assign(_all=0)
+    stats = frame.groupby(keys, dropna=False, sort=True)[metrics].agg(["mean", "std", "count"])
+    over = _varying_within(df, by)
     if wide:
         stats.columns = [f"{m}_{s}" for m, s in stats.columns]
-        return stats.reset_index()
-    long = stats.stack(level=0, future_stack=True).rename_axis([*by, "metric"]).reset_index()
-    long["count"] = long["count"].astype(int)
-    return long[[*by, "metric", "mean", "std", "count"]]
+        out = stats.reset_index().assign(over=over)
+    else:
+        out = stats.stack(level=0, future_stack=True).rename_axis([*keys, "metric"]).reset_index()
+        out["count"] = out["count"].astype(int)
+        out["over"] = np.repeat(over, len(metrics))
+        out = out[[*keys, "metric", "mean", "std", "count", "over"]]
+    return out.drop(columns=["_all"], errors="ignore")
+
+
+def resolve_sweep(path: PathLike, *, root: PathLike | None = None) -> Path:
+    """A sweep or run folder as given (relative to ``root``, default the working directory).
+
+    ``…/latest``, when no such folder exists, is the newest sweep below its parent: the folder of the most recently
+    written ``multirun.yaml`` (Hydra writes one per sweep), e.g. ``multirun/latest``.
+    """
+    path = Path(path)
+    path = path if path.is_absolute() or root is None else Path(root) / path
+    if path.name != "latest" or path.exists():
+        return path
+    sweeps = sorted(path.parent.glob("**/multirun.yaml"), key=lambda p: p.stat().st_mtime)
+    if not sweeps:
+        raise FileNotFoundError(f"{path}: no sweep (multirun.yaml) under {path.parent}; run python launch.py -m …")
+    return sweeps[-1].parent

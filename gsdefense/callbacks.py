@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,33 +9,47 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from gsdefense.analysis import find_run_dirs, read_run
+
+# A diverged run is a recorded, legitimate outcome (non-finite loss): listed, but the sweep still succeeds.
+ACCEPTED = frozenset({"ok", "diverged"})
+
 
 def sweep_status(sweep_dir: str | Path) -> dict[str, list[tuple[str, str]]]:
-    """Runs of a sweep grouped by status: ``{status: [(run_dir, error), …]}``.
+    """Runs of a sweep grouped by status: ``{status: [(run_dir, error), …]}``, as ``load_runs`` sees them.
 
-    A job dir without metrics.json never finished and counts as ``missing``.
+    A job dir without metrics.json never finished (``missing``); a metrics.json of another config is ``stale``;
+    anything that cannot be read is ``invalid``, and a run that cannot even be listed counts as ``failed``.
     """
     groups: dict[str, list[tuple[str, str]]] = {}
-    for hydra_dir in sorted(Path(sweep_dir).glob("**/.hydra")):
-        run_dir = hydra_dir.parent
-        path = run_dir / "metrics.json"
-        status, error = "missing", "no metrics.json: the job never finished"
-        if path.exists():
-            data = json.loads(path.read_text())
-            status, error = data.get("status", "missing"), data.get("error") or ""
-        groups.setdefault(status, []).append((str(run_dir), error))
+    try:
+        run_dirs = find_run_dirs(sweep_dir)
+    except OSError:
+        return groups
+    for run_dir in run_dirs:
+        try:
+            row = read_run(run_dir)
+            status, error = str(row["status"]), str(row.get("error") or "")
+        except Exception as err:  # noqa: BLE001 - the summary must never crash the end of a sweep
+            status, error = "failed", f"cannot read the run: {type(err).__name__}: {err}"
+        groups.setdefault(status, []).append((str(run_dir), " ".join(error.split())))
     return groups
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun: one line per failed run, and exit 1 if any failed."""
+    """At the end of a multirun: one line per run that is not ok, and exit 1 if any failed, went missing, is stale
+    or invalid (diverged runs are listed but keep exit 0)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        groups = sweep_status(config.hydra.sweep.dir)
+        sweep_dir = config.hydra.sweep.dir
+        groups = sweep_status(sweep_dir)
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(groups.items()))
-        print(f"sweep {config.hydra.sweep.dir}: {counts or 'no runs'}", file=sys.stderr)
-        bad = groups.get("failed", []) + groups.get("missing", [])
-        for run_dir, error in bad:
-            print(f"  FAILED {run_dir}: {error}", file=sys.stderr)
-        if bad:
+        print(f"sweep {sweep_dir}: {counts or 'no runs'}", file=sys.stderr)
+        for status in sorted(groups):
+            if status == "ok":
+                continue
+            tag = "diverged" if status == "diverged" else status.upper()
+            for run_dir, error in groups[status]:
+                print(f"  {tag} {run_dir}: {error}", file=sys.stderr)
+        if not groups or set(groups) - ACCEPTED:
             sys.exit(1)

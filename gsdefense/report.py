@@ -1,7 +1,8 @@
-"""``python -m gsdefense.report SWEEP_DIR [MORE_DIRS …] [--out DIR]``: tables, figures and a summary of sweeps.
+"""python -m gsdefense.report SWEEP_DIR [MORE_DIRS ...] [--out DIR]: tables, figures and a summary of sweeps.
 
-Writes ``runs.csv`` (and ``runs.parquet`` when pyarrow is installed), one PNG per figure the data supports,
-and ``summary.md``. A figure the data cannot support is skipped with its reason.
+Writes runs.csv (and runs.parquet when pyarrow is installed), one PNG per figure the data supports, and
+summary.md. A figure the data cannot support is skipped with its reason; a run folder that cannot be read is
+listed with its reason, and the rest of the report is still written.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,10 +18,20 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from gsdefense.analysis import STATUSES, load_history, load_runs, summarise
+from gsdefense.analysis import STATUSES, load_history, load_runs, resolve_sweep, setting_columns, summarise
 from gsdefense.plots import FIGURES
 
 KEY_METRICS = ("clean_acc", "asr", "rad", "epsilon")
+DP_LABELLED = ("dp.name", "dp.clip", "dp.noise")  # shown as one `defense` column
+EPILOG = """\
+examples:
+  python -m gsdefense.report multirun/2026-11-21/14-41-40
+  python -m gsdefense.report multirun/latest               # the newest sweep under multirun/
+  python -m gsdefense.report multirun/fig/vanilla multirun/fig/dp --out reports/fig
+
+SWEEP_DIR/latest, when no folder of that name exists, is the newest sweep below SWEEP_DIR
+(the folder of its most recent multirun.yaml), as in notebooks/aggregate.ipynb.
+"""
 
 
 def _cell(value: object) -> str:
@@ -40,50 +52,82 @@ def status_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"status": order, "runs": [int(counts[s]) for s in order]})
 
 
+def _number(mean: float, sd: float) -> str:
+    if math.isnan(mean):
+        return ""
+    return _short(mean) + ("" if math.isnan(sd) else f" ± {_short(sd)}")
+
+
+def _short(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.3g}"  # ε can be 1e13 at σ = 1e-7
+
+
 def metrics_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Key metrics (mean ± sd, n) of ok runs per attack and defense."""
+    """Key metrics of ok runs, one row per setting (every setting that varies among them, seed excepted):
+    ``n`` runs, and ``mean ± sd`` over them; ``over`` says what varies within a row when it is not only ``seed``."""
     ok = runs[runs["status"] == "ok"]
     metrics = [m for m in KEY_METRICS if m in ok.columns and ok[m].notna().any()]
-    by = [c for c in ("attack.name", "defense") if c in ok.columns]
-    if ok.empty or not metrics or not by:
+    if ok.empty or not metrics:
         return pd.DataFrame()
+    by = setting_columns(ok, varying=True)
     stats = summarise(ok, by=by, metrics=metrics, wide=True)
-    out = stats[by].copy()
-    out["n"] = [int(len(g)) for _, g in ok.groupby(by, dropna=False, sort=True)]
+    shown = [c for c in by if c not in DP_LABELLED]
+    out = stats[shown].copy()
+    if any(c in by for c in DP_LABELLED):
+        # One readable column (vanilla, DP clip=1 noise=0.4) instead of three partly empty ones.
+        out.insert(0, "defense", [g["defense"].iloc[0] for _, g in ok.groupby(by, dropna=False, sort=True)])
+    out["n"] = stats[[f"{m}_count" for m in metrics]].max(axis=1).astype(int)
     for m in metrics:
-        mean, sd = stats[f"{m}_mean"], stats[f"{m}_std"]
-        out[m] = [
-            "" if math.isnan(a) else f"{a:.3f}" + ("" if math.isnan(s) else f" ± {s:.3f}")
-            for a, s in zip(mean, sd, strict=True)
-        ]
-    return out
+        out[m] = [_number(a, s) for a, s in zip(stats[f"{m}_mean"], stats[f"{m}_std"], strict=True)]
+    if (stats["over"].isin(["seed", ""])).all():
+        return out
+    return out.assign(over=stats["over"])
 
 
-def make_figures(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> tuple[list[str], list[str]]:
-    """Save every supported figure as PNG; returns (made lines, skipped lines) for summary.md."""
-    made, skipped = [], []
+def metrics_heading(table: pd.DataFrame) -> str:
+    n = sorted(set(table["n"])) if "n" in table else []
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}" if n else "?"
+    what = "seeds" if "over" not in table else "runs (see `over`)"
+    return (
+        f"Each row is one setting (every swept setting but the seed); values are mean ± sd over its n = {seeds} {what}."
+    )
+
+
+def make_figures(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> tuple[list[str], list[str], list[str]]:
+    """Save every supported figure as PNG; returns (made, skipped, problems) lines for summary.md."""
+    made, skipped, problems = [], [], []
     frames = {"runs": runs, "history": history}
     for spec in FIGURES:
-        try:
-            fig = spec.make(frames[spec.source])
-        except ValueError as err:
-            print(f"skipped {err}")  # the message starts with the figure's name
-            skipped.append(f"- {err} ({spec.paper})")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                fig = spec.make(frames[spec.source])
+            except ValueError as err:
+                fig, reason = None, str(err)  # the message starts with the figure's name
+            except Exception as err:  # noqa: BLE001 - one figure's failure must not cost the rest of the report
+                fig, reason = None, f"{spec.name}: failed: {type(err).__name__}: {err}"
+        # A figure's warnings (a run's model.pt that does not load …) are problems with the data: list them.
+        problems += [f"- {' '.join(str(w.message).split())}" for w in caught if issubclass(w.category, RuntimeWarning)]
+        if fig is None:
+            print(f"skipped {reason}")
+            skipped.append(f"- {' '.join(reason.split())} ({spec.paper})")
             continue
         path = out / f"{spec.name}.png"
         fig.savefig(path, dpi=130, bbox_inches="tight")
         plt.close(fig)
         print(f"wrote {path}")
         made.append(f"- [{spec.name}]({path.name}) ({spec.paper})")
-    return made, skipped
+    return made, skipped, problems
 
 
-def summary_markdown(runs: pd.DataFrame, dirs: Sequence[Path], made: list[str], skipped: list[str]) -> str:
+def summary_markdown(
+    runs: pd.DataFrame, dirs: Sequence[Path], made: list[str], skipped: list[str], problems: Sequence[str] = ()
+) -> str:
     parts = ["# Sweep report", "", "Sweeps: " + ", ".join(f"`{d}`" for d in dirs), "", "## Runs by status", ""]
     parts += [markdown_table(status_table(runs)), ""]
     table = metrics_table(runs)
     if not table.empty:
-        parts += ["## Key metrics of ok runs (mean ± sd over seeds)", "", markdown_table(table), ""]
+        parts += ["## Key metrics of ok runs", "", metrics_heading(table), "", markdown_table(table), ""]
     bad = runs[runs["status"] != "ok"]
     if not bad.empty:
         parts += ["## Runs that are not ok", ""]
@@ -93,6 +137,8 @@ def summary_markdown(runs: pd.DataFrame, dirs: Sequence[Path], made: list[str], 
     parts += ["## Figures", "", *(made or ["(none)"]), ""]
     if skipped:
         parts += ["## Figures skipped", "", *skipped, ""]
+    if problems:
+        parts += ["## Problems found while drawing", "", *problems, ""]
     return "\n".join(parts)
 
 
@@ -117,28 +163,48 @@ def write_report(dirs: Sequence[Path], out: Path) -> pd.DataFrame:
         pass
     else:
         table.to_parquet(out / "runs.parquet", index=False)
-    made, skipped = make_figures(runs, load_history(dirs), out)
-    (out / "summary.md").write_text(summary_markdown(runs, dirs, made, skipped))
+    made, skipped, problems = make_figures(runs, load_history(dirs), out)
+    (out / "summary.md").write_text(summary_markdown(runs, dirs, made, skipped, problems))
     return runs
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gsdefense.report",
+        description="Tables, figures and a summary.md of one or more sweeps (runs.csv, one PNG per figure).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR", help="sweep or run folder")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gsdefense.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep or run directories")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: <first sweep>/report)")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     # Headless: reports run on cluster nodes without a display. Set here, not at import, so the notebook's
     # inline backend survives importing this module.
     matplotlib.use("Agg")
-    missing = [d for d in args.sweep_dirs if not d.is_dir()]
+    try:
+        dirs = [resolve_sweep(d) for d in args.sweep_dirs]
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    missing = [d for d in dirs if not d.is_dir()]
     if missing:
         print(f"error: not a directory: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
-    out = args.out or args.sweep_dirs[0] / "report"
+    out = args.out or dirs[0] / "report"
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file; give a folder (it is created if missing)", file=sys.stderr)
+        return 2
     try:
-        runs = write_report(args.sweep_dirs, out)
+        runs = write_report(dirs, out)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. --out in a read-only place
+        print(f"error: cannot write the report to {out}: {err.strerror or err}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{row.runs} {row.status}" for row in status_table(runs).itertuples())
     print(f"report: {len(runs)} runs ({counts}) -> {out}")
