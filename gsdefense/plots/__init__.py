@@ -10,9 +10,10 @@ from typing import Literal, NamedTuple
 from matplotlib.figure import Figure
 
 from gsdefense.plots.boundary import decision_boundaries
+from gsdefense.plots.privacy import privacy_tradeoff
 from gsdefense.plots.sweeps import asr_rad_vs_dp, rad_vs_poison_ratio
 from gsdefense.plots.training import gradient_telemetry, training_curves
-from gsdefense.plots.utility import privacy_tradeoff, utility_heatmap
+from gsdefense.plots.utility import utility_heatmap
 
 
 class FigureSpec(NamedTuple):

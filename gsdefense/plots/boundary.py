@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,8 +15,8 @@ from gsdefense.plots._common import VANILLA, ok_runs, require, styled, title
 MODEL_FILE = "model.pt"
 
 
-def _pick(runs: pd.DataFrame, *, figure: str) -> list[pd.Series]:
-    """The first vanilla and the first DP moons run that saved a model."""
+def _candidates(runs: pd.DataFrame, *, figure: str) -> list[pd.DataFrame]:
+    """Ok moons runs that saved a model: [vanilla runs, DP runs] (each possibly empty)."""
     df = ok_runs(runs, figure=figure)
     require(df, ["dataset.name", "run_dir"], figure=figure)
     df = df[df["dataset.name"] == "moons"]
@@ -24,33 +25,39 @@ def _pick(runs: pd.DataFrame, *, figure: str) -> list[pd.Series]:
     df = df[[(Path(d) / MODEL_FILE).exists() for d in df["run_dir"]]]
     if df.empty:
         raise ValueError(f"{figure}: no moons run saved {MODEL_FILE}")
-    vanilla = df[df["defense"] == VANILLA]
-    dp = df[df["defense"] != VANILLA]
-    return [part.iloc[0] for part in (vanilla, dp) if not part.empty]
+    return [part for part in (df[df["defense"] == VANILLA], df[df["defense"] != VANILLA]) if not part.empty]
 
 
 def _load(run_dir: Path):
-    """Rebuild a run's model, data and poisoned training set exactly as ``gsdefense.run`` made them."""
+    """Rebuild a run's model, data and (poisoned, sanitised) training set exactly as ``gsdefense.run`` made them."""
     import torch
     from omegaconf import OmegaConf
 
-    from gsdefense.attacks import build_attack
-    from gsdefense.data import load_dataset
-    from gsdefense.models import build_model
+    from gsdefense.plan import prepare
+    from gsdefense.run import poison
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    data = load_dataset(cfg.dataset, seed=cfg.seed)
-    if data.input_shape != (2,):
-        raise ValueError(f"decision_boundaries: {run_dir} has inputs of shape {data.input_shape}, not 2-D")
-    torch.manual_seed(cfg.seed)
-    model = build_model(
-        cfg.model, input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean, std=data.std
-    )
+    cfg.device = "cpu"  # the figure is drawn wherever the report runs
+    plan = prepare(cfg)
+    if plan.data.input_shape != (2,):
+        raise ValueError(f"inputs of shape {plan.data.input_shape}, not 2-D")
+    model = plan.build_model()
     model.load_state_dict(torch.load(run_dir / MODEL_FILE, weights_only=True, map_location="cpu"))
     model.eval()
-    # Same generator seed as run(): reproduces which points were poisoned.
-    poisoned = build_attack(cfg.attack).poison(data, generator=torch.Generator().manual_seed(cfg.seed))
-    return model, data, poisoned
+    return model, plan.data, poison(plan)
+
+
+def _first_loadable(part: pd.DataFrame, *, figure: str):
+    """(run, model, data, poisoned) of the first run in ``part`` whose model loads; a RuntimeWarning for each that
+    does not (the report lists them), None when none does."""
+    for run in part.to_dict("records"):
+        try:
+            return run, *_load(Path(run["run_dir"]))
+        except Exception as err:  # noqa: BLE001 - a corrupt model.pt or config is reported, and the next run tried
+            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            warnings.warn(f"{figure}: {run['run_dir']}: {MODEL_FILE} does not load ({reason})", RuntimeWarning,
+                          stacklevel=2)  # fmt: skip
+    return None
 
 
 def _probabilities(model, grid: np.ndarray) -> np.ndarray:
@@ -65,13 +72,14 @@ def _probabilities(model, grid: np.ndarray) -> np.ndarray:
 def decision_boundaries(runs: pd.DataFrame, *, resolution: int = 200) -> Figure:
     """P(class 1) shading, the 0.5 boundary and the poisoned training set for a vanilla and a DP moons model."""
     name = "decision_boundaries"
-    chosen = _pick(runs, figure=name)
+    chosen = [c for c in (_first_loadable(p, figure=name) for p in _candidates(runs, figure=name)) if c]
+    if not chosen:
+        raise ValueError(f"{name}: no moons run's {MODEL_FILE} loads (see the warnings)")
     fig, axes = plt.subplots(
         1, len(chosen), figsize=(4.4 * len(chosen) + 0.8, 4.0), squeeze=False, layout="constrained"
     )
     shading = None
-    for ax, run in zip(axes[0], chosen, strict=True):
-        model, data, poisoned = _load(Path(run["run_dir"]))
+    for ax, (run, model, data, poisoned) in zip(axes[0], chosen, strict=True):
         if data.num_classes != 2:
             raise ValueError(f"{name}: confidence shading needs 2 classes, {run['run_dir']} has {data.num_classes}")
         lo, hi = data.box

@@ -1,115 +1,160 @@
-"""Final-metric figures over the DP grid: RAD vs poison ratio (Hong Fig. 4), ASR/RAD vs clip and noise (Fig. 5)."""
+"""Final-metric figures over the DP grid: RAD vs poison ratio (Hong Fig. 4), ASR/RAD vs clip and noise (Fig. 5).
+
+Every point is the mean over seeds of one setting with ± sd bars; the figure title says over how many.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from gsdefense.plots._axes import (
+    declutter,
+    dodge,
+    grid_axis,
+    line_colors,
+    line_markers,
+    metric_limits,
+    outside_legend,
+    value_axis,
+)
 from gsdefense.plots._common import (
     VANILLA,
-    averaged_note,
-    defense_order,
+    context,
+    dp_line_label,
+    facet_groups,
+    facets,
     fmt,
     label,
     ok_runs,
-    palette,
     present_metrics,
     require,
+    seed_stats,
+    slice_rest,
     split_defense,
+    spread_note,
     styled,
     title,
-    value_axis,
 )
 
+MAX_LINES = 8  # more DP settings than this in one panel: one panel per σ
 
-def _most_common(values: pd.Series) -> float:
-    # Ties go to the smaller value: for σ, the slice closest to clipping alone.
-    counts = values.value_counts()
-    return float(min(counts[counts == counts.max()].index))
+
+def _lines(vanilla: pd.DataFrame, dp: pd.DataFrame, *, clip_only: bool) -> tuple[pd.DataFrame, bool, str]:
+    """Runs with a ``line`` label (vanilla, or only what differs among DP settings; only C with ``clip_only``),
+    whether the DP lines form one ordered series (one of C or σ varies), and what all DP lines share (``σ = 0``)."""
+    clips, noises = dp["dp.clip"].nunique(), 1 if clip_only else dp["dp.noise"].nunique()
+    labels = [dp_line_label(c, s, clips=clips, noises=noises) for c, s in zip(dp["dp.clip"], dp["dp.noise"])]
+    data = pd.concat([vanilla.assign(line=VANILLA), dp.assign(line=labels)], ignore_index=True)
+    common = []
+    if not dp.empty and clips == 1 and noises > 1:
+        common.append(f"C = {fmt(dp['dp.clip'].iloc[0])}")
+    if not dp.empty and dp["dp.noise"].nunique() == 1:
+        common.append(f"σ = {fmt(dp['dp.noise'].iloc[0])}")
+    return data, clips <= 1 or noises <= 1, ", ".join(common)
+
+
+def _by_sigma(groups: list[tuple[str, pd.DataFrame]]) -> list[tuple[str, pd.DataFrame]]:
+    """Each panel split into one per σ, vanilla repeated in each."""
+    out = []
+    for panel, part in groups:
+        vanilla = part[part["line"] == VANILLA]
+        for sigma, rows in part[part["line"] != VANILLA].groupby("dp.noise"):
+            out.append((", ".join(t for t in (panel, f"σ = {fmt(sigma)}") if t), pd.concat([vanilla, rows])))
+    return out
+
+
+def _panels(n: int, *, width: float, height: float, sharey: bool = True) -> tuple[Figure, list[plt.Axes]]:
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width * ncols + 1.8, height * nrows), squeeze=False, sharey=sharey, layout="constrained"
+    )
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_axis_off()
+    return fig, flat[:n]
 
 
 @styled
-def rad_vs_poison_ratio(runs: pd.DataFrame, *, metric: str = "rad", noise: float | None = None) -> Figure:
-    """RAD vs poison ratio, one line per clip norm plus vanilla, one panel per attack (Hong et al. Fig. 4).
+def rad_vs_poison_ratio(runs: pd.DataFrame, *, metric: str = "rad") -> Figure:
+    """RAD vs poison ratio, one line per DP setting plus vanilla, one panel per attack (Hong et al. Fig. 4).
 
-    DP runs are taken at one noise multiplier: ``noise`` or the most common one in the sweep.
+    An unevenly spaced ratio grid (Hong's 0, 1, …, 5, 10, …, 40 %) is drawn at evenly spaced positions, one per
+    swept ratio, so that every ratio keeps a readable label; the axis label then says "not to scale". With more
+    than eight DP settings, each σ gets its own panel.
     """
     name = "rad_vs_poison_ratio"
     df = ok_runs(runs, figure=name)
-    require(df, ["attack.poison_ratio", metric, "attack.name"], figure=name)
-    vanilla, dp = split_defense(df)
-    if not dp.empty:
-        noise = _most_common(dp["dp.noise"]) if noise is None else noise
-        dp = dp[dp["dp.noise"] == noise]
-    data = pd.concat([vanilla, dp]).dropna(subset=[metric, "attack.poison_ratio"])
-    if data["attack.poison_ratio"].nunique() < 2:
+    require(df, ["attack.poison_ratio", metric], figure=name)
+    df = df.dropna(subset=[metric, "attack.poison_ratio"])
+    if df["attack.poison_ratio"].nunique() < 2:
         raise ValueError(f"{name}: needs ≥2 attack.poison_ratio values with a {metric}; the ok runs have fewer")
-    clips = data["dp.clip"] if "dp.clip" in data.columns else pd.Series(float("nan"), index=data.index)
-    data = data.assign(
-        clip=[VANILLA if d == VANILLA else f"C={c:g}" for d, c in zip(data["defense"], clips, strict=True)]
-    )
-    order = defense_order(data["clip"])
-    attacks = sorted(data["attack.name"].unique())
-    grid = sns.relplot(
-        data=data,
-        kind="line",
-        x="attack.poison_ratio",
-        y=metric,
-        hue="clip",
-        hue_order=order,
-        palette=palette(order),
-        style="clip",
-        style_order=order,
-        dashes={lv: (4, 2) if lv == VANILLA else "" for lv in order},
-        markers=True,
-        errorbar="sd",
-        err_style="bars",
-        col="attack.name",
-        col_order=attacks,
-        col_wrap=min(len(attacks), 3),
-        height=3.4,
-        aspect=1.2,
-        facet_kws={"sharey": True},
-    )
-    grid.set_axis_labels(label("attack.poison_ratio"), label(metric))
-    grid.set_titles("attack: {col_name}")
-    grid.legend.set_title("clip norm")
-    for ax in grid.axes.flat:
-        value_axis(ax, data["attack.poison_ratio"], log=False)
-    sigma = f"DP at σ = {fmt(noise)}" if noise is not None and not dp.empty else "no DP runs"
-    note = averaged_note(data, ["attack.poison_ratio", "attack.name", "dp.clip", "dp.noise"])
-    title(grid.figure, f"{label(metric)} vs poison ratio ({sigma})", note)
-    grid.tight_layout()
-    return grid.figure
+    vanilla, dp = split_defense(df)
+    split_sigma = dp[["dp.clip", "dp.noise"]].drop_duplicates().shape[0] > MAX_LINES
+    data, ordered, common = _lines(vanilla, dp, clip_only=split_sigma)
+    keys, rest = facets(data, ["attack.poison_ratio"])
+    data, at = slice_rest(data, rest)
+    groups = facet_groups(data, keys)
+    groups = _by_sigma(groups) if split_sigma else groups
+    levels = sorted(data["line"].unique(), key=lambda lv: (lv != VANILLA, _numbers(lv)))
+    colors, markers = line_colors(levels, ordered=ordered), line_markers(levels)
+    fig, axes = _panels(len(groups), width=4.4, height=3.4)
+    counts, values = [], []
+    for ax, (panel, part) in zip(axes, groups, strict=True):
+        pos, categorical = grid_axis(ax, data["attack.poison_ratio"], percent=True)
+        step = 1.0 if categorical else min(b - a for a, b in zip(sorted(pos), sorted(pos)[1:]))
+        for i, level in enumerate(levels):
+            stats = seed_stats(part[part["line"] == level], ["attack.poison_ratio"], metric)
+            if stats.empty:
+                continue
+            x = stats["attack.poison_ratio"].map(pos) + dodge(i, len(levels), 0.45 * step)
+            sd = stats["sd"].fillna(0)
+            ax.errorbar(
+                x, stats["mean"], yerr=sd, color=colors[level], marker=markers[level], markersize=4.5, linewidth=1.4,
+                capsize=2, elinewidth=0.9, linestyle="--" if level == VANILLA else "-",
+            )  # fmt: skip
+            counts += list(stats["n"])
+            values += [*(stats["mean"] - sd), *(stats["mean"] + sd)]
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel(label("attack.poison_ratio") + (" (not to scale)" if categorical else ""))
+        ax.set_ylabel(label(metric))
+    for ax in axes:
+        metric_limits(ax, metric, values)
+    handles = [
+        Line2D([], [], color=colors[lv], marker=markers[lv], linestyle="--" if lv == VANILLA else "-", label=lv)
+        for lv in levels
+    ]
+    outside_legend(fig, handles, title="clip norm" if common.startswith("σ") else "setting")
+    dp_note = f"DP-SGD at {common}" if common else ""
+    notes = (context(data, keys), dp_note, at)
+    title(fig, f"{label(metric)} vs poison ratio", ", ".join(n for n in notes if n), spread_note(counts))
+    return declutter(fig)
 
 
-def _panels(dp: pd.DataFrame, clip: float | None) -> list[tuple[str, pd.DataFrame, str]]:
-    """(x column, runs, slice description) for each sweep axis the data supports."""
-    panels = []
-    noise0 = float(dp["dp.noise"].min())
-    at_noise = dp[dp["dp.noise"] == noise0]
-    if at_noise["dp.clip"].nunique() >= 2:
-        panels.append(("dp.clip", at_noise, f"σ = {fmt(noise0)}"))
-    if clip is None:
-        # The clip norm with the widest noise sweep; ties go to the smaller.
-        width = dp.groupby("dp.clip")["dp.noise"].nunique()
-        clip = float(min(width[width == width.max()].index)) if len(width) else None
-    at_clip = dp[dp["dp.clip"] == clip]
-    if at_clip["dp.noise"].nunique() >= 2:
-        panels.append(("dp.noise", at_clip, f"C = {fmt(clip)}"))
-    return panels
+def _numbers(level: str) -> list[float]:
+    out = []
+    for part in level.replace(",", " ").split():
+        if "=" in part:
+            out.append(float(part.split("=")[1]))
+    return out
+
+
+# (x column, line column): vs C one line per σ, vs σ one line per C.
+AXES = (("dp.clip", "dp.noise"), ("dp.noise", "dp.clip"))
 
 
 @styled
-def asr_rad_vs_dp(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "rad"), clip: float | None = None) -> Figure:
-    """ASR and RAD vs clip norm at the smallest noise, and vs noise at a fixed clip norm (Hong et al. Fig. 5).
+def asr_rad_vs_dp(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "rad")) -> Figure:
+    """ASR and RAD vs clip norm (one line per σ) and vs noise multiplier (one line per C) (Hong et al. Fig. 5).
 
-    Lines are attacks; dashed horizontal lines are the same attack without DP.
+    One row per metric (and per attack); dashed black is the same attack without DP. ASR is drawn on [0, 1] and
+    RAD on a range that includes 0, so that small differences look small.
     """
     name = "asr_rad_vs_dp"
     df = ok_runs(runs, figure=name)
@@ -118,32 +163,55 @@ def asr_rad_vs_dp(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "rad")
     if dp.empty:
         raise ValueError(f"{name}: no DP runs with dp.clip and dp.noise")
     metrics = present_metrics(dp, metrics, figure=name)
-    panels = _panels(dp, clip)
+    panels = [(x, line) for x, line in AXES if (dp.groupby(line)[x].nunique() >= 2).any()]
     if not panels:
         raise ValueError(f"{name}: needs ≥2 dp.clip values at one noise, or ≥2 dp.noise values at one clip")
-    attacks = sorted(df["attack.name"].unique())
-    colors = dict(zip(attacks, sns.color_palette("tab10", len(attacks)), strict=True))
-    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(4.6 * len(panels), 3.3 * len(metrics)), squeeze=False)
-    for row, metric in enumerate(metrics):
-        for col, (x, data, where) in enumerate(panels):
-            ax = axes[row][col]
-            data = data.dropna(subset=[metric])
-            if data.empty:
-                ax.set_axis_off()
-                continue
-            sns.lineplot(
-                data=data, x=x, y=metric, hue="attack.name", palette=colors, marker="o",
-                errorbar="sd", err_style="bars", legend=False, ax=ax,
-            )  # fmt: skip
-            for attack, ref in vanilla.groupby("attack.name")[metric].mean().dropna().items():
-                ax.axhline(ref, color=colors.get(attack, "grey"), linestyle="--", linewidth=1)
-            value_axis(ax, data[x])
-            ax.set(xlabel=label(x), ylabel=label(metric), title=f"vs {label(x)} at {where}")
-    handles = [Line2D([], [], color=colors[a], marker="o", label=a) for a in attacks]
-    if not vanilla.empty:
-        handles.append(Line2D([], [], color="grey", linestyle="--", label="vanilla (no DP)"))
-    fig.legend(handles=handles, title="attack", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    used = ["attack.name", "dp.clip", "dp.noise"]
-    title(fig, "Attack success and RAD under DP-SGD", averaged_note(pd.concat([p[1] for p in panels]), used))
-    fig.tight_layout()
-    return fig
+    data = pd.concat([vanilla, dp], ignore_index=True)
+    keys, rest = facets(data, [])
+    data, at = slice_rest(data, rest)
+    rows = [(group, metric) for group in facet_groups(data, keys) for metric in metrics]
+    fig, axes = plt.subplots(
+        len(rows), len(panels), figsize=(4.6 * len(panels) + 1.6, 2.9 * len(rows)), squeeze=False, layout="constrained"
+    )
+    counts = []
+    for r, ((group, part), metric) in enumerate(rows):
+        part_vanilla, part_dp = split_defense(part)
+        ref = pd.to_numeric(part_vanilla[metric], errors="coerce").mean() if metric in part_vanilla else float("nan")
+        for c, (x, line) in enumerate(panels):
+            counts += _dp_panel(axes[r][c], part_dp, x=x, line=line, metric=metric, ref=ref, group=group, legend=r == 0)
+    title(fig, "Attack success and RAD under DP-SGD", ", ".join(n for n in (context(data, keys), at) if n),
+          spread_note(counts))  # fmt: skip
+    return declutter(fig)
+
+
+def _dp_panel(
+    ax: plt.Axes, dp: pd.DataFrame, *, x: str, line: str, metric: str, ref: float, group: str, legend: bool
+) -> list[int]:
+    """One panel of asr_rad_vs_dp: ``metric`` vs ``x``, one line per value of ``line``; returns the points' n."""
+    symbol = "C" if line == "dp.clip" else "σ"
+    levels = sorted(dp[line].unique())
+    colors = line_colors([fmt(v) for v in levels], ordered=True)
+    handles, values, counts = [], [ref], []
+    for value in levels:
+        stats = seed_stats(dp[dp[line] == value], [x], metric)
+        if stats.empty:
+            continue
+        sd, color = stats["sd"].fillna(0), colors[fmt(value)]
+        ax.errorbar(stats[x], stats["mean"], yerr=sd, color=color, marker="o", markersize=4, capsize=2,
+                    elinewidth=0.9, linewidth=1.4)  # fmt: skip
+        text = fmt(value) if len(levels) > 1 else f"DP-SGD, {symbol} = {fmt(value)}"
+        handles.append(Line2D([], [], color=color, marker="o", label=text))
+        counts += list(stats["n"])
+        values += [*(stats["mean"] - sd), *(stats["mean"] + sd)]
+    if pd.notna(ref):
+        ax.axhline(ref, color="black", linestyle="--", linewidth=1.1)
+        handles.append(Line2D([], [], color="black", linestyle="--", label="vanilla (no DP)"))
+    value_axis(ax, dp[x])
+    metric_limits(ax, metric, values)
+    ax.set(xlabel=label(x), ylabel=label(metric))
+    one = f"{symbol} = {fmt(levels[0])}" if len(levels) == 1 else ""
+    ax.set_title(", ".join(t for t in (group, one) if t), fontsize=10)
+    if legend and len(handles) > 1:
+        ax.legend(handles=handles, title=symbol if len(levels) > 1 else None, loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8, title_fontsize=9)  # fmt: skip
+    return counts

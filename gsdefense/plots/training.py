@@ -1,31 +1,45 @@
-"""Per-epoch figures from history.csv: gradient telemetry (Hong Figs. 1 and 7), training curves (limitations Fig. 3)."""
+"""Per-epoch figures from history.csv: gradient telemetry (Hong Figs. 1 and 7), training curves (limitations Fig. 3).
+
+Each line is one setting: the median over its seeds per epoch, with the interquartile range as a band. The median
+keeps one run's exploding gradient from dragging a whole line; the ratio and the loss are on log axes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from gsdefense.analysis import add_defense
+from gsdefense.plots._axes import BOUNDED, declutter, line_colors, log_axis, metric_limits, outside_legend
 from gsdefense.plots._common import (
-    averaged_note,
-    defense_order,
+    VANILLA,
+    context,
+    dp_line_label,
+    facet_groups,
+    facets,
+    fmt,
     label,
-    palette,
     present_metrics,
     require,
+    slice_rest,
+    split_defense,
     styled,
     title,
 )
 
-# (panel title, raw column, column after DP clipping/noise)
+MAX_LINES = 8
+# (panel, raw column, column after DP clipping/noise, y label, log y, reference line)
 TELEMETRY = (
-    ("poison / clean gradient magnitude", "grad_ratio", "shaped_grad_ratio"),
-    ("cosine(poison, clean gradient)", "grad_cosine", "shaped_grad_cosine"),
+    ("gradient magnitude", "grad_ratio", "shaped_grad_ratio", "‖∇ poison‖ / ‖∇ clean‖", True, 1.0),
+    ("gradient direction", "grad_cosine", "shaped_grad_cosine", "cos(∇ poison, ∇ clean)", False, 0.0),
 )
+LOG_METRICS = frozenset({"train_loss", "clean_train_loss", "poison_train_loss"})
 
 
 def _history(history: pd.DataFrame, *, figure: str) -> pd.DataFrame:
@@ -39,77 +53,136 @@ def _history(history: pd.DataFrame, *, figure: str) -> pd.DataFrame:
     return df
 
 
-def _lines(data: pd.DataFrame, *, y: str, col: str, style: str | None, row: str | None) -> sns.FacetGrid:
-    order = defense_order(data["defense"])
-    grid = sns.relplot(
-        data=data,
-        kind="line",
-        x="epoch",
-        y=y,
-        hue="defense",
-        hue_order=order,
-        palette=palette(order),
-        style=style,
-        col=col,
-        row=row,
-        errorbar="sd",
-        height=3.0,
-        aspect=1.25,
-        facet_kws={"sharey": False, "margin_titles": row is not None},
-    )
-    for ax in grid.axes.flat:
+def _select(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], bool, list[str]]:
+    """(rows with a ``line`` label, facet keys, whether lines are one ordered series, notes on what was fixed).
+
+    More than MAX_LINES DP settings: keep those at the smallest σ (clipping alone, Hong Fig. 4c) if it has ≥2 clip
+    norms, else those at the clip norm with the most σ values.
+    """
+    vanilla, dp = split_defense(df)
+    notes = []
+    if dp[["dp.clip", "dp.noise"]].drop_duplicates().shape[0] > MAX_LINES:
+        sigma = dp["dp.noise"].min()
+        if dp.loc[dp["dp.noise"] == sigma, "dp.clip"].nunique() >= 2:
+            dp, fixed = dp[dp["dp.noise"] == sigma], f"DP at σ = {fmt(sigma)}"
+        else:
+            width = dp.groupby("dp.clip")["dp.noise"].nunique()
+            clip = float(width.idxmax())
+            dp, fixed = dp[dp["dp.clip"] == clip], f"DP at C = {fmt(clip)}"
+        notes.append(fixed)
+    elif not dp.empty and dp["dp.noise"].nunique() == 1:
+        notes.append(f"DP at σ = {fmt(dp['dp.noise'].iloc[0])}")
+    clips, noises = dp["dp.clip"].nunique(), dp["dp.noise"].nunique()
+    labels = [f"DP {dp_line_label(c, s, clips=clips, noises=noises)}" for c, s in zip(dp["dp.clip"], dp["dp.noise"])]
+    data = pd.concat([vanilla.assign(line=VANILLA), dp.assign(line=labels)], ignore_index=True)
+    keys, rest = facets(data, ["epoch"])
+    data, at = slice_rest(data, rest)
+    notes = [context(data, keys), *notes, at, _spread(data, keys)]
+    return data, keys, clips <= 1 or noises <= 1, [n for n in notes if n]
+
+
+def _levels(data: pd.DataFrame) -> list[str]:
+    def key(level: str) -> tuple:
+        nums = [float(p.split("=")[1]) for p in level.replace(",", " ").split() if "=" in p]
+        return (level != VANILLA, nums)
+
+    return sorted(data["line"].unique(), key=key)
+
+
+def _band(ax: plt.Axes, rows: pd.DataFrame, column: str, *, color, linestyle: str = "-") -> list[float]:
+    """Median over seeds per epoch, IQR band; returns the plotted values (for limits)."""
+    values = pd.to_numeric(rows[column], errors="coerce")
+    stats = values.groupby(rows["epoch"]).quantile([0.25, 0.5, 0.75]).unstack().dropna()
+    if stats.empty:
+        return []
+    ax.plot(stats.index, stats[0.5], color=color, linestyle=linestyle, linewidth=1.4)
+    if rows["run_dir"].nunique() > 1:
+        ax.fill_between(stats.index, stats[0.25], stats[0.75], color=color, alpha=0.15, linewidth=0)
+    return [*stats[0.25], *stats[0.75]]
+
+
+def _grid(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols + 2.2, 2.9 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return grid
-
-
-def _row(df: pd.DataFrame) -> str | None:
-    return "attack.name" if "attack.name" in df.columns and df["attack.name"].nunique() > 1 else None
+    return fig, axes
 
 
 @styled
 def gradient_telemetry(history: pd.DataFrame) -> Figure:
-    """Poison/clean gradient magnitude ratio and cosine per epoch, vanilla vs DP (Hong et al. Figs. 1 and 7).
+    """Poison/clean gradient magnitude ratio (log y) and cosine per epoch, vanilla vs DP (Hong et al. Figs. 1, 7).
 
-    Solid: per-sample gradients as computed; dashed: after clipping (``shaped_*`` columns), when logged.
+    Solid: per-sample gradients as computed; dashed: after the run's clipping and noise (``shaped_*``), when logged.
+    Colours are sequential when the DP lines differ in one number (C or σ), qualitative otherwise.
     """
     name = "gradient_telemetry"
     df = _history(history, figure=name)
-    parts = []
-    for panel, raw, shaped in TELEMETRY:
-        for stage, col in (("raw", raw), ("after clipping", shaped)):
-            if col in df.columns and df[col].notna().any():
-                part = df[["epoch", "defense", "run_dir", *[c for c in ("attack.name",) if c in df]]].copy()
-                parts.append(part.assign(quantity=panel, stage=stage, value=pd.to_numeric(df[col], errors="coerce")))
-    if not parts:
-        cols = [c for _, raw, shaped in TELEMETRY for c in (raw, shaped)]
+    panels = [p for p in TELEMETRY if any(c in df.columns and df[c].notna().any() for c in p[1:3])]
+    if not panels:
+        cols = [c for p in TELEMETRY for c in p[1:3]]
         raise ValueError(f"{name}: no gradient telemetry in history.csv (none of {cols} has values)")
-    data = pd.concat(parts, ignore_index=True).dropna(subset=["value"])
-    stages = data["stage"].nunique() > 1
-    grid = _lines(data, y="value", col="quantity", style="stage" if stages else None, row=_row(data))
-    grid.set_titles(col_template="{col_name}", row_template="{row_name}")
-    grid.set_axis_labels("epoch", "")
-    for key, ax in grid.axes_dict.items():
-        panel = key[-1] if isinstance(key, tuple) else key
-        # Reference: equal magnitudes (ratio 1) and orthogonal directions (cosine 0).
-        ax.axhline(1.0 if panel == TELEMETRY[0][0] else 0.0, color="0.7", linewidth=0.8, zorder=0)
-    note = averaged_note(df, ["attack.name", "dp.clip", "dp.noise"])
-    title(grid.figure, "Gradients of poisoned vs clean samples", note)
-    grid.tight_layout()
-    return grid.figure
+    data, keys, ordered, notes = _select(df)
+    groups, levels = facet_groups(data, keys), _levels(data)
+    colors = line_colors(levels, ordered=ordered)
+    fig, axes = _grid(len(groups), len(panels))
+    shaped_seen = False
+    for r, (group, part) in enumerate(groups):
+        for c, (panel, raw, shaped, ylabel, log, ref) in enumerate(panels):
+            ax, values = axes[r][c], []
+            for level in levels:
+                rows = part[part["line"] == level]
+                for column, style in ((raw, "-"), (shaped, "--")):
+                    if column in rows and rows[column].notna().any():
+                        # A zero ratio has no place on a log axis.
+                        plotted = rows[pd.to_numeric(rows[column], errors="coerce") > 0] if log else rows
+                        values += _band(ax, plotted, column, color=colors[level], linestyle=style)
+                        shaped_seen |= style == "--"
+            ax.axhline(ref, color="0.6", linewidth=0.8, zorder=0)
+            if log:
+                log_axis(ax)
+            ax.set(xlabel="epoch", ylabel=ylabel, title=", ".join(t for t in (group, panel) if t))
+    handles = [Line2D([], [], color=colors[lv], label=lv) for lv in levels]
+    if shaped_seen:
+        handles += [
+            Line2D([], [], color="0.3", linestyle="-", label="as computed"),
+            Line2D([], [], color="0.3", linestyle="--", label="after clipping + noise"),
+        ]
+    outside_legend(fig, handles)
+    title(fig, "Gradients of poisoned vs clean training samples", *notes)
+    return declutter(fig)
+
+
+def _spread(data: pd.DataFrame, keys: list[str]) -> str:
+    seeds = data.groupby([*keys, "line"], dropna=False)["run_dir"].nunique()
+    if seeds.max() <= 1:
+        return "one run per line"
+    n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
+    return f"median over {n} seeds, band: interquartile range"
 
 
 @styled
 def training_curves(history: pd.DataFrame, *, metrics: Sequence[str] = ("clean_acc", "asr", "train_loss")) -> Figure:
-    """Clean accuracy, ASR and train loss per epoch, one line per defense (limitations study Fig. 3)."""
+    """Clean accuracy, ASR (on [0, 1]) and train loss (log y) per epoch, one line per setting (limitations Fig. 3)."""
     name = "training_curves"
     df = _history(history, figure=name)
     metrics = present_metrics(df, metrics, figure=name)
-    keep = ["epoch", "defense", "run_dir", *[c for c in ("attack.name",) if c in df]]
-    data = df.melt(id_vars=keep, value_vars=metrics, var_name="metric", value_name="value").dropna(subset=["value"])
-    data["metric"] = data["metric"].map(label)
-    grid = _lines(data, y="value", col="metric", style=None, row=_row(data))
-    grid.set_titles(col_template="{col_name}", row_template="{row_name}")
-    grid.set_axis_labels("epoch", "")
-    title(grid.figure, "Training curves", averaged_note(df, ["attack.name", "dp.clip", "dp.noise"]))
-    grid.tight_layout()
-    return grid.figure
+    data, keys, ordered, notes = _select(df)
+    groups, levels = facet_groups(data, keys), _levels(data)
+    colors = line_colors(levels, ordered=ordered)
+    fig, axes = _grid(len(groups), len(metrics))
+    for r, (group, part) in enumerate(groups):
+        for c, metric in enumerate(metrics):
+            ax, values = axes[r][c], []
+            log = metric in LOG_METRICS
+            for level in levels:
+                rows = part[part["line"] == level]
+                rows = rows[pd.to_numeric(rows[metric], errors="coerce") > 0] if log else rows
+                values += _band(ax, rows, metric, color=colors[level])
+            if log:
+                log_axis(ax)
+            elif metric in BOUNDED:
+                metric_limits(ax, metric, values)
+            ax.set(xlabel="epoch", ylabel=label(metric), title=group)
+    outside_legend(fig, [Line2D([], [], color=colors[lv], label=lv) for lv in levels])
+    title(fig, "Training curves", *notes)
+    return declutter(fig)

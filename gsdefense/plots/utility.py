@@ -1,35 +1,46 @@
-"""Utility and privacy figures: clean accuracy over clip × noise (Hong Fig. 12), ε vs ASR/RAD trade-off."""
+"""Utility over the DP grid: clean accuracy over clip × noise (Hong et al. Fig. 12)."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from gsdefense.analysis import setting_columns
+from gsdefense.plots._axes import MIN_SPAN, declutter
 from gsdefense.plots._common import (
-    averaged_note,
+    context,
+    facet_groups,
+    facets,
     fmt,
     label,
     ok_runs,
-    present_metrics,
     require,
+    seed_stats,
+    slice_rest,
     split_defense,
+    spread_note,
     styled,
     title,
 )
 
-MARKERS = "osD^vP*X"
+
+def _color_range(values: pd.Series) -> tuple[float, float]:
+    # The colour scale spans at least MIN_SPAN, so that 0.95 vs 0.96 is not drawn as black vs yellow.
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < MIN_SPAN:
+        mid = (lo + hi) / 2
+        lo, hi = mid - MIN_SPAN / 2, mid + MIN_SPAN / 2
+    return lo, hi
 
 
 @styled
 def utility_heatmap(runs: pd.DataFrame, *, metric: str = "clean_acc") -> Figure:
-    """Mean clean accuracy over the clip × noise grid, one heatmap per attack (Hong et al. Fig. 12)."""
+    """Mean clean accuracy (over seeds) in each clip × noise cell, one heatmap per attack (Hong et al. Fig. 12).
+
+    The cell text is the mean; the panel title gives the same attack's vanilla accuracy.
+    """
     name = "utility_heatmap"
     df = ok_runs(runs, figure=name)
     require(df, [metric, "attack.name"], figure=name)
@@ -37,86 +48,31 @@ def utility_heatmap(runs: pd.DataFrame, *, metric: str = "clean_acc") -> Figure:
     dp = dp.dropna(subset=[metric])
     if dp[["dp.clip", "dp.noise"]].drop_duplicates().shape[0] < 2:
         raise ValueError(f"{name}: needs ≥2 (dp.clip, dp.noise) settings with a {metric}")
-    attacks = sorted(dp["attack.name"].unique())
-    lo, hi = float(dp[metric].min()), float(dp[metric].max())
-    ncols = len(attacks)
-    fig, axes = plt.subplots(1, ncols, figsize=(1.0 + 3.6 * ncols, 3.4), squeeze=False)
-    for ax, attack in zip(axes[0], attacks, strict=True):
-        cells = dp[dp["attack.name"] == attack].pivot_table(
-            index="dp.noise", columns="dp.clip", values=metric, aggfunc="mean"
-        )
-        cells = cells.sort_index(ascending=False)  # largest noise on top, like a y axis
+    data = pd.concat([vanilla, dp], ignore_index=True)
+    keys, rest = facets(data, [])
+    data, at = slice_rest(data, rest)
+    groups = facet_groups(data, keys)
+    vmin, vmax = _color_range(split_defense(data)[1][metric])
+    n_noise, n_clip = dp["dp.noise"].nunique(), dp["dp.clip"].nunique()
+    width, height = 0.75 * n_clip + 1.6, 0.42 * n_noise + 1.5
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(width * len(groups) + 1.2, height), squeeze=False, layout="constrained"
+    )
+    counts = []
+    for ax, (group, part) in zip(axes[0], groups, strict=True):
+        part_vanilla, part_dp = split_defense(part)
+        stats = seed_stats(part_dp, ["dp.noise", "dp.clip"], metric)
+        counts += list(stats["n"])
+        cells = stats.pivot(index="dp.noise", columns="dp.clip", values="mean").sort_index(ascending=False)
         sns.heatmap(
-            cells, annot=True, fmt=".2f", cmap="viridis", vmin=lo, vmax=hi, ax=ax,
-            cbar=ax is axes[0][-1], cbar_kws={"label": label(metric)},
+            cells, annot=True, fmt=".2f", cmap="viridis", vmin=vmin, vmax=vmax, ax=ax, cbar=ax is axes[0][-1],
+            cbar_kws={"label": f"{label(metric)} (mean)"}, annot_kws={"fontsize": 8},
         )  # fmt: skip
-        ax.set_xticklabels([fmt(float(v)) for v in cells.columns])
+        ax.set_xticklabels([fmt(float(v)) for v in cells.columns], rotation=0)
         ax.set_yticklabels([fmt(float(v)) for v in cells.index], rotation=0)
         ax.set(xlabel=label("dp.clip"), ylabel=label("dp.noise"))
-        ref = vanilla.loc[vanilla["attack.name"] == attack, metric].mean()
-        ax.set_title(f"{attack}" + (f" (vanilla {ref:.2f})" if np.isfinite(ref) else ""))
-    title(fig, f"Utility: {label(metric)} over clip × noise", averaged_note(dp, ["attack.name", "dp.clip", "dp.noise"]))
-    fig.tight_layout()
-    return fig
-
-
-def _per_setting(dp: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Mean and sd over seeds of ``columns`` for each distinct setting."""
-    keys = setting_columns(dp, varying=True) or ["attack.name"]
-    if "attack.name" not in keys:
-        keys.append("attack.name")
-    stats = dp.groupby(keys, dropna=False)[list(columns)].agg(["mean", "std"])
-    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
-    return stats.reset_index()
-
-
-@styled
-def privacy_tradeoff(
-    runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "rad"), color: str = "clean_acc"
-) -> Figure:
-    """Privacy–robustness–utility: ε vs ASR and RAD, colour = clean accuracy, marker = attack.
-
-    One point per setting (mean over seeds, sd as error bars); dashed lines are vanilla runs (ε = ∞).
-    """
-    name = "privacy_tradeoff"
-    df = ok_runs(runs, figure=name)
-    require(df, ["attack.name", color], figure=name)
-    vanilla, dp = split_defense(df)
-    if "epsilon" not in dp.columns:
-        raise ValueError(f"{name}: no column 'epsilon' in the data")
-    dp = dp[np.isfinite(pd.to_numeric(dp["epsilon"], errors="coerce"))]
-    metrics = present_metrics(dp, metrics, figure=name)
-    points = _per_setting(dp, ["epsilon", color, *metrics])
-    if len(points) < 2:
-        raise ValueError(f"{name}: needs ≥2 DP settings with a finite epsilon")
-    attacks = sorted(points["attack.name"].unique())
-    markers = {a: MARKERS[i % len(MARKERS)] for i, a in enumerate(attacks)}
-    cmin, cmax = points[f"{color}_mean"].min(), points[f"{color}_mean"].max()
-    size = (4.4 * len(metrics) + 1.2, 3.8)
-    fig, axes = plt.subplots(1, len(metrics), figsize=size, squeeze=False, layout="constrained")
-    scatter = None
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for attack in attacks:
-            pts = points[(points["attack.name"] == attack) & points[f"{metric}_mean"].notna()]
-            ax.errorbar(
-                pts["epsilon_mean"], pts[f"{metric}_mean"], xerr=pts["epsilon_std"].fillna(0),
-                yerr=pts[f"{metric}_std"].fillna(0), fmt="none", ecolor="0.6", elinewidth=1, zorder=1,
-            )  # fmt: skip
-            scatter = ax.scatter(
-                pts["epsilon_mean"], pts[f"{metric}_mean"], c=pts[f"{color}_mean"], cmap="viridis",
-                vmin=cmin, vmax=cmax, marker=markers[attack], s=55, edgecolors="black", linewidths=0.5, zorder=2,
-            )  # fmt: skip
-            ref = vanilla.loc[vanilla["attack.name"] == attack, metric].mean()
-            if np.isfinite(ref):
-                ax.axhline(ref, color="0.3", linestyle="--", linewidth=1)
-        eps = points["epsilon_mean"]
-        if eps.max() / eps.min() > 3:  # ε spans orders of magnitude across noise levels
-            ax.set_xscale("log")
-        ax.set(xlabel=label("epsilon"), ylabel=label(metric))
-    handles = [Line2D([], [], marker=markers[a], color="0.3", linestyle="", label=a) for a in attacks]
-    if not vanilla.empty:
-        handles.append(Line2D([], [], color="0.3", linestyle="--", label="vanilla (ε = ∞)"))
-    axes[0][0].legend(handles=handles, title="attack", fontsize=8, loc="best")
-    fig.colorbar(scatter, ax=list(axes[0]), label=label(color))
-    title(fig, "Privacy–robustness–utility trade-off")
-    return fig
+        ref = pd.to_numeric(part_vanilla[metric], errors="coerce").mean() if not part_vanilla.empty else np.nan
+        ax.set_title("\n".join(t for t in (group, f"vanilla {ref:.2f}" if np.isfinite(ref) else "") if t), fontsize=10)
+    title(fig, f"Utility: {label(metric)} over clip × noise", ", ".join(n for n in (context(data, keys), at) if n),
+          spread_note(counts, sd=False))  # fmt: skip
+    return declutter(fig)

@@ -1,0 +1,323 @@
+"""Every figure on the presets' own grids (synthetic runs shaped like the presets' sweeps): no text collides.
+
+The sweeps below have the shapes of ``conf/experiment/``: Hong Fig. 4a (10 poison ratios × 5 clip norms at σ = 0,
+plus vanilla), Fig. 4b (σ ∈ {1e-1, 1e-3, 1e-5, 1e-7} at C = 4), Fig. 5 (σ from 0 to 4 at C = 4, two models), and
+the README's fused clip × noise grid. Values are synthetic; the columns are those ``load_runs`` and
+``load_history`` return.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from gsdefense import plots  # noqa: E402
+from gsdefense.analysis import add_defense  # noqa: E402
+
+HONG_RATIOS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.2, 0.3, 0.4)
+HONG_CLIPS = (8.0, 4.0, 2.0, 1.0, 0.1)
+FIG4B_NOISES = (0.1, 1e-3, 1e-5, 1e-7)
+FIG5_NOISES = (0.0, 0.001, 0.01, 0.1, 0.4, 0.8, 1.0, 2.0, 4.0)
+GRID_CLIPS = (0.1, 0.5, 1.0, 2.0, 4.0)
+GRID_NOISES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def _epsilon(noise: float) -> float | None:
+    # Roughly the shape of an RDP accountant's ε over 40 epochs; σ = 0 has no privacy (null, as metrics.json).
+    return None if noise == 0 else float(2.0 / noise + 0.5 / noise**2)
+
+
+def _row(rng: np.random.Generator, *, attack: str, ratio: float, seed: int, dp: dict, backdoor: bool) -> dict:
+    clip, noise = dp.get("dp.clip"), dp.get("dp.noise")
+    shaped = clip is not None
+    rad = 0.03 + 0.4 * ratio * (min(clip, 4.0) / 4.0 if shaped else 1.0) + 0.05 * (noise or 0) / 8
+    rad = float(rad + rng.normal(0, 0.01))
+    acc = float(0.95 * (1 - rad))
+    row = {
+        "dataset.name": "fashion_mnist_3_4",
+        "model.name": dp.pop("model.name", "lr"),
+        "attack.name": attack,
+        "attack.poison_ratio": ratio,
+        "seed": seed,
+        **dp,
+        "status": "ok",
+        "clean_acc": acc,
+        "rad": rad,
+        "asr": float(np.clip(0.2 + ratio + 0.5 / (1 + (noise or 0)) + rng.normal(0, 0.02), 0, 1)) if backdoor else None,
+        "epsilon": _epsilon(noise) if shaped else None,
+        "run_dir": f"/sweep/{attack}/{ratio}/{clip}/{noise}/{seed}",
+    }
+    return row
+
+
+def preset_runs(shape: str, *, seeds: int = 3) -> pd.DataFrame:
+    """Runs frames of the presets' grids: ``fig4a``, ``fig4b``, ``fig5``, ``grid`` (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    vanilla = {"dp.name": "none"}
+    if shape == "fig4a":
+        settings = [vanilla] + [{"dp.name": "dpsgd", "dp.clip": c, "dp.noise": 0.0} for c in HONG_CLIPS]
+        grid = itertools.product(["label_flip"], HONG_RATIOS, settings)
+    elif shape == "fig4b":
+        settings = [vanilla] + [{"dp.name": "dpsgd", "dp.clip": 4.0, "dp.noise": s} for s in (0.0, *FIG4B_NOISES)]
+        grid = itertools.product(["steinhardt"], HONG_RATIOS, settings)
+    elif shape == "fig5":
+        settings = [
+            {"dp.name": "dpsgd", "dp.clip": 4.0, "dp.noise": s, "model.name": m}
+            for s in FIG5_NOISES
+            for m in ("lr", "mlp")
+        ]
+        grid = itertools.product(["poison_frogs"], [0.0], settings)
+    elif shape == "grid":
+        settings = [vanilla] + [
+            {"dp.name": "dpsgd", "dp.clip": c, "dp.noise": s} for c in GRID_CLIPS for s in GRID_NOISES
+        ]
+        grid = itertools.product(["blend", "badnets"], [0.1], settings)
+    else:
+        raise ValueError(shape)
+    for (attack, ratio, dp), seed in itertools.product(grid, range(seeds)):
+        rows.append(_row(rng, attack=attack, ratio=ratio, seed=seed, dp=dict(dp), backdoor=attack != "label_flip"))
+    return add_defense(pd.DataFrame(rows))
+
+
+def preset_history(shape: str, *, epochs: int = 40, seeds: int = 3, spike: bool = True) -> pd.DataFrame:
+    """Per-epoch history of a preset's runs, gradient telemetry included; one run has a 1000× ratio spike."""
+    runs = preset_runs(shape, seeds=seeds)
+    rng = np.random.default_rng(1)
+    frames = []
+    for i, run in enumerate(runs.to_dict("records")):
+        epoch = np.arange(1, epochs + 1)
+        shaped = not pd.isna(run.get("dp.clip"))
+        ratio = 1.0 + 3.0 * run["attack.poison_ratio"] + 2.0 / epoch + rng.lognormal(0, 0.2, epochs)
+        if spike and i == 7:
+            ratio[epochs // 2] *= 1000.0  # one exploding gradient: the figure must stay readable
+        hist = pd.DataFrame(
+            {
+                "epoch": epoch,
+                "train_loss": 2.3 * np.exp(-epoch / 6) + 0.05 + rng.lognormal(-5, 0.3, epochs),
+                "clean_acc": run["clean_acc"] * (1 - np.exp(-epoch / 4)),
+                "asr": None if run["asr"] is None else run["asr"] * (1 - np.exp(-epoch / 8)),
+                "grad_ratio": ratio,
+                "grad_cosine": -0.4 + 0.3 * (1 - np.exp(-epoch / 10)) + rng.normal(0, 0.03, epochs),
+                "shaped_grad_ratio": np.minimum(ratio, 1.2) if shaped else np.nan,
+                "shaped_grad_cosine": (-0.2 + rng.normal(0, 0.03, epochs)) if shaped else np.nan,
+            }
+        )
+        for key, value in run.items():
+            if key not in hist and key not in ("clean_acc", "asr", "rad", "epsilon"):
+                hist[key] = [value] * len(hist)
+        frames.append(hist)
+    return pd.concat(frames, ignore_index=True)
+
+
+def drawn_texts(fig: Figure) -> list[Text]:
+    """Every non-empty text the renderer actually draws (tick labels in view, legends, titles, annotations)."""
+    drawn: list[Text] = []
+    draw = Text.draw
+
+    def record(self: Text, renderer) -> None:
+        if self.get_visible() and self.get_text().strip():
+            drawn.append(self)
+        draw(self, renderer)
+
+    Text.draw = record
+    try:
+        fig.canvas.draw()
+    finally:
+        Text.draw = draw
+    return drawn
+
+
+def overlapping_texts(fig: Figure) -> list[tuple[str, str]]:
+    """Pairs of drawn texts whose bounding boxes overlap (by more than half a pixel)."""
+    texts = drawn_texts(fig)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer).padded(-0.5) for t in texts]
+    return [
+        (texts[i].get_text(), texts[j].get_text())
+        for i in range(len(texts))
+        for j in range(i + 1, len(texts))
+        if boxes[i].overlaps(boxes[j])
+    ]
+
+
+def assert_readable(fig: Figure) -> None:
+    """No two texts collide, and the figure is drawn (lines, markers or images)."""
+    pairs = overlapping_texts(fig)
+    assert not pairs, f"overlapping texts: {pairs[:10]}"
+    assert sum(len(ax.lines) + len(ax.collections) + len(ax.images) for ax in fig.axes) > 0
+    plt.close(fig)
+
+
+RUN_FIGURES = ["rad_vs_poison_ratio", "asr_rad_vs_dp", "utility_heatmap", "privacy_tradeoff"]
+CASES = [
+    ("fig4a", "rad_vs_poison_ratio"),
+    ("fig4a", "asr_rad_vs_dp"),
+    ("fig4a", "utility_heatmap"),
+    ("fig4b", "rad_vs_poison_ratio"),
+    ("fig4b", "asr_rad_vs_dp"),
+    ("fig4b", "utility_heatmap"),
+    ("fig4b", "privacy_tradeoff"),
+    ("fig5", "asr_rad_vs_dp"),
+    ("fig5", "utility_heatmap"),
+    ("fig5", "privacy_tradeoff"),
+    ("grid", "asr_rad_vs_dp"),
+    ("grid", "utility_heatmap"),
+    ("grid", "privacy_tradeoff"),
+]
+
+
+@pytest.mark.parametrize(("shape", "name"), CASES)
+def test_run_figures_have_no_colliding_text(shape: str, name: str) -> None:
+    assert_readable(getattr(plots, name)(preset_runs(shape)))
+
+
+@pytest.mark.parametrize("shape", ["fig4a", "grid"])
+@pytest.mark.parametrize("name", ["gradient_telemetry", "training_curves"])
+def test_history_figures_have_no_colliding_text(shape: str, name: str) -> None:
+    assert_readable(getattr(plots, name)(preset_history(shape, epochs=20)))
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    """The entries of the figure's only legend."""
+    (legend,) = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def _tick_labels(ax, axis: str = "x") -> list[str]:
+    return [t.get_text() for t in getattr(ax, f"get_{axis}ticklabels")() if t.get_text()]
+
+
+def test_rad_vs_poison_ratio_labels_every_ratio_of_hongs_grid() -> None:
+    fig = plots.rad_vs_poison_ratio(preset_runs("fig4a"))
+    (ax,) = fig.axes
+    assert _tick_labels(ax) == ["0%", "1%", "2%", "3%", "4%", "5%", "10%", "20%", "30%", "40%"]
+    assert list(ax.get_xticks()) == list(range(10))  # one evenly spaced position per swept ratio
+    assert "not to scale" in ax.get_xlabel()
+    assert legend_texts(fig) == ["vanilla", "C=0.1", "C=1", "C=2", "C=4", "C=8"]
+    assert "σ = 0" in fig.get_suptitle() and "mean ± sd over 3 seeds" in fig.get_suptitle()
+    lo, hi = ax.get_ylim()
+    assert lo <= 0 <= hi and hi - lo >= 0.1  # RAD keeps its zero
+    plt.close(fig)
+
+
+def test_rad_vs_poison_ratio_evenly_spaced_grid_stays_linear() -> None:
+    runs = preset_runs("fig4a")
+    runs = runs[runs["attack.poison_ratio"].isin([0.0, 0.1, 0.2, 0.3, 0.4])]
+    fig = plots.rad_vs_poison_ratio(runs)
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert "not to scale" not in ax.get_xlabel()
+    plt.close(fig)
+
+
+def test_asr_rad_vs_dp_draws_one_line_per_sigma_and_per_clip() -> None:
+    fig = plots.asr_rad_vs_dp(preset_runs("grid"))
+    vs_clip = [ax for ax in fig.axes if ax.get_xlabel() == "clip norm C"]
+    vs_noise = [ax for ax in fig.axes if ax.get_xlabel() == "noise multiplier σ"]
+    assert len(vs_clip) == len(vs_noise) == 4  # (badnets, blend) × (asr, rad)
+    # errorbar draws one data line per series (plus caps); the dashed vanilla line is an extra Line2D.
+    series = lambda ax: [ln for ln in ax.lines if ln.get_linestyle() == "-" and len(ln.get_xdata()) > 1]  # noqa: E731
+    assert {len(series(ax)) for ax in vs_clip} == {len(GRID_NOISES)}
+    assert {len(series(ax)) for ax in vs_noise} == {len(GRID_CLIPS)}
+    for ax in fig.axes:
+        if ax.get_ylabel() == "attack success rate":
+            assert ax.get_ylim()[0] <= 0 and ax.get_ylim()[1] >= 1  # a 2-point difference stays small
+        if ax.get_ylabel() == "RAD":
+            assert ax.get_ylim()[0] <= 0 and np.diff(ax.get_ylim())[0] >= 0.1
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends and all(len(lg.get_texts()) > 1 for lg in legends)
+    assert [t.get_text() for t in legends[0].get_texts()][-1] == "vanilla (no DP)"
+    plt.close(fig)
+
+
+def test_asr_rad_vs_dp_single_clip_has_no_one_entry_legend() -> None:
+    fig = plots.asr_rad_vs_dp(preset_runs("fig4b"))
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        assert legend is None or len(legend.get_texts()) > 1
+    assert all(ax.get_xlabel() == "noise multiplier σ" for ax in fig.axes)  # no clip sweep: no clip panel
+    assert all("C = 4" in ax.get_title() for ax in fig.axes)
+    plt.close(fig)
+
+
+def _line_colors(fig: Figure) -> set[tuple]:
+    return {matplotlib.colors.to_rgb(ln.get_color()) for ax in fig.axes for ln in ax.lines if ln.get_color() != "0.6"}
+
+
+def test_gradient_telemetry_log_ratio_labels_and_palettes() -> None:
+    hist = preset_history("fig4a", epochs=20)
+    fig = plots.gradient_telemetry(hist)
+    ratio, cosine = fig.axes[:2]
+    assert ratio.get_yscale() == "log" and cosine.get_yscale() == "linear"
+    assert "‖" in ratio.get_ylabel() and "cos" in cosine.get_ylabel() and ratio.get_xlabel() == "epoch"
+    # The 1000× spike of one run does not stretch the axis: the median over 3 seeds ignores it.
+    assert ratio.get_ylim()[1] < 20
+    assert "at poison ratio = 40%" in fig.get_suptitle()
+    viridis = {matplotlib.colors.to_rgb(plt.get_cmap("viridis")(x)) for x in np.linspace(0, 0.85, len(HONG_CLIPS))}
+    assert viridis <= _line_colors(fig)  # clip norms are ordered: a sequential palette
+    plt.close(fig)
+    # Clip and noise both vary: unordered settings get a qualitative palette.
+    grid = preset_history("grid", epochs=5)
+    grid = grid[grid["dp.clip"].isin([0.1, 4.0]) & grid["dp.noise"].isin([0.5, 8.0]) | (grid["dp.name"] == "none")]
+    fig = plots.gradient_telemetry(grid)
+    tab10 = {matplotlib.colors.to_rgb(c) for c in plt.get_cmap("tab10").colors[:4]}
+    assert tab10 <= _line_colors(fig)
+    plt.close(fig)
+
+
+def test_training_curves_log_loss_bounded_accuracy_and_aspect() -> None:
+    fig = plots.training_curves(preset_history("grid", epochs=20))
+    by_label = {ax.get_ylabel(): ax for ax in fig.axes}
+    assert by_label["train loss"].get_yscale() == "log"
+    assert by_label["clean accuracy"].get_ylim() == pytest.approx((-0.04, 1.04))
+    for ax in fig.axes:
+        box = ax.get_window_extent()
+        assert 1.0 <= box.width / box.height <= 2.0
+    plt.close(fig)
+
+
+def test_privacy_tradeoff_shows_infinite_epsilon_and_names_its_points() -> None:
+    fig = plots.privacy_tradeoff(preset_runs("fig5"))
+    ax = fig.axes[0]
+    assert _tick_labels(ax)[-1] == "∞"  # σ = 0 runs are shown, at ε = ∞
+    entries = legend_texts(fig)
+    assert entries[0] == "σ" and entries[1:] == [f"{s:g}" for s in FIG5_NOISES]
+    assert "C = 4" in fig.get_suptitle()  # one clip norm: said once, not a legend
+    plt.close(fig)
+
+
+def test_privacy_tradeoff_skip_names_the_cause() -> None:
+    with pytest.raises(ValueError, match=r"no run has a finite ε \(150 DP runs have σ = 0") as err:
+        plots.privacy_tradeoff(preset_runs("fig4a"))
+    assert "\n" not in str(err.value) and "30 runs are vanilla" in str(err.value)
+
+
+def test_privacy_tradeoff_counts_runs_left_out() -> None:
+    runs = preset_runs("grid")
+    adaptive = runs["dp.noise"] == 8.0
+    runs.loc[adaptive, "dp.name"] = "adaptive"
+    runs.loc[adaptive, "epsilon"] = None
+    fig = plots.privacy_tradeoff(runs)
+    assert "left out: 30 DP runs with σ > 0 but no ε (dp.name: adaptive)" in fig.get_suptitle().replace("\n", " ")
+    plt.close(fig)
+
+
+def test_figures_ignore_runs_that_are_not_ok() -> None:
+    runs = preset_runs("fig4a")
+    stale = runs.index[:40]
+    runs.loc[stale, "status"] = "stale"
+    runs.loc[stale, "rad"] = 99.0  # another config's numbers must never reach a figure
+    fig = plots.rad_vs_poison_ratio(runs)
+    assert fig.axes[0].get_ylim()[1] < 1
+    plt.close(fig)
