@@ -24,9 +24,19 @@ from nbclient import NotebookClient  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from gsdefense import plots  # noqa: E402
-from gsdefense.analysis import add_defense, defense_label, load_history, load_runs, summarise  # noqa: E402
+from gsdefense.analysis import (  # noqa: E402
+    add_defense,
+    config_run_id,
+    defense_label,
+    load_history,
+    load_runs,
+    read_config,
+    resolve_sweep,
+    summarise,
+)
 from gsdefense.data import load_dataset  # noqa: E402
 from gsdefense.models import build_model  # noqa: E402
+from tests.test_figures import overlapping_texts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {"clean_acc", "asr", "rad", "rad_dp_matched", "epsilon", "n_poison", "poison_ratio", "seconds"}
@@ -166,8 +176,8 @@ def test_missing_unreadable_and_extra_keys(sweep: Path, tmp_path: Path) -> None:
     df = load_runs([sweep, extra])
     assert len(df) == 7
     by_name = df.set_index(df["run_dir"].map(lambda d: Path(d).name))
-    assert by_name.loc["no_metrics", "status"] == by_name.loc["truncated", "status"] == "missing"
-    assert "unreadable" in by_name.loc["truncated", "error"]
+    assert by_name.loc["no_metrics", "status"] == "missing"
+    assert by_name.loc["truncated", "status"] == "invalid" and "unreadable" in by_name.loc["truncated", "error"]
     assert by_name.loc["new_key", "n_removed"] == 3 and np.isnan(by_name.loc["no_metrics", "n_removed"])
     single = load_runs(extra / "new_key")
     assert len(single) == 1 and single["status"].item() == "ok"
@@ -179,10 +189,84 @@ def test_config_comes_from_yaml_not_folder_names(sweep: Path, tmp_path: Path) ->
     cfg = OmegaConf.load(cfg_path)
     cfg.dataset.classes = [3, 4]
     OmegaConf.save(cfg, cfg_path)
+    # The run of this config would have recorded this config's id.
+    metrics = json.loads((dst / "metrics.json").read_text())
+    (dst / "metrics.json").write_text(json.dumps(metrics | {"run_id": config_run_id(cfg)}))
     row = load_runs(dst).iloc[0]
+    assert row["status"] == "ok"
     assert row["dp.clip"] == 0.5 and row["seed"] == 0
     assert row["dataset.classes"] == (3, 4)  # hashable: usable as a groupby key
     assert hash(row["dataset.classes"])
+
+
+def test_metrics_of_another_config_are_stale_never_ok(sweep: Path, tmp_path: Path) -> None:
+    dst = shutil.copytree(sweep / "0", tmp_path / "edited")
+    cfg = OmegaConf.load(dst / ".hydra" / "config.yaml")
+    cfg.optimizer.lr = 0.5  # the folder now holds another config than the one its metrics.json was computed for
+    OmegaConf.save(cfg, dst / ".hydra" / "config.yaml")
+    recorded = json.loads((dst / "metrics.json").read_text())["run_id"]
+    df = load_runs([sweep, dst])
+    row = df[df["run_dir"] == str(dst.resolve())].iloc[0]
+    assert row["status"] == "stale" and row["optimizer.lr"] == 0.5
+    assert recorded in row["error"] and config_run_id(cfg) in row["error"] and row["run_id"] == config_run_id(cfg)
+    assert np.isnan(row["clean_acc"]) and np.isnan(row["epsilon"])  # the other config's numbers are dropped
+    assert df["status"].value_counts().to_dict() == {"ok": 2, "failed": 2, "stale": 1}
+    hist = load_history(dst)
+    assert (hist["status"] == "stale").all()  # so no figure draws its epochs
+
+
+def test_odd_run_folders_are_invalid_with_a_reason(sweep: Path, tmp_path: Path) -> None:
+    odd = tmp_path / "odd"
+    corrupt = shutil.copytree(sweep / "0", odd / "corrupt_config")
+    (corrupt / ".hydra" / "config.yaml").write_text("dataset: [unclosed\n")
+    typed = shutil.copytree(sweep / "0", odd / "string_metric")
+    metrics = json.loads((typed / "metrics.json").read_text())
+    (typed / "metrics.json").write_text(json.dumps(metrics | {"clean_acc": "0.9"}))
+    unhashable = shutil.copytree(sweep / "0", odd / "bad_config")
+    cfg = OmegaConf.load(unhashable / ".hydra" / "config.yaml")
+    cfg.dp.clip = -1.0  # run_id validates the typed config: this one cannot be identified
+    OmegaConf.save(cfg, unhashable / ".hydra" / "config.yaml")
+    df = load_runs([sweep, odd]).set_index("run_dir")
+    assert len(df) == 7
+    row = lambda name: df.loc[str((odd / name).resolve())]  # noqa: E731
+    assert row("corrupt_config")["status"] == "invalid" and "config.yaml" in row("corrupt_config")["error"]
+    assert row("string_metric")["status"] == "invalid"
+    assert "clean_acc is '0.9' (str), not a number" in row("string_metric")["error"]
+    assert np.isnan(row("string_metric")["clean_acc"]) and pd.api.types.is_float_dtype(df["clean_acc"])
+    assert row("bad_config")["status"] == "invalid" and "run_id" in row("bad_config")["error"]
+    assert "dp.clip" in row("bad_config")["error"]
+
+
+def test_env_dependent_values_are_never_raw_interpolations(sweep: Path, tmp_path: Path) -> None:
+    dst = shutil.copytree(sweep / "0", tmp_path / "env")
+    cfg = OmegaConf.load(dst / ".hydra" / "config.yaml")
+    cfg.dataset.data_dir = "${oc.env:GSDEFENSE_DATA_DIR,data}"
+    cfg.dataset.path = "${oc.env:GSDEFENSE_PURCHASE100,data/purchase100.npz}"
+    OmegaConf.save(cfg, dst / ".hydra" / "config.yaml")
+    row = read_config(dst)
+    assert "config.cache_dir" not in row and "dataset.data_dir" not in row  # locations, not settings: dropped
+    assert row["dataset.path"] == "$GSDEFENSE_PURCHASE100 (not recorded)"
+    hydra_cfg = OmegaConf.load(dst / ".hydra" / "hydra.yaml")
+    hydra_cfg.hydra.job.env_set = {"GSDEFENSE_PURCHASE100": "/data/p100.npz", "GSDEFENSE_CACHE_DIR": "/c"}
+    OmegaConf.save(hydra_cfg, dst / ".hydra" / "hydra.yaml")
+    row = read_config(dst)  # what Hydra set for the job is what the run saw
+    assert row["dataset.path"] == "/data/p100.npz" and row["config.cache_dir"] == "/c"
+    assert not [v for v in row.values() if isinstance(v, str) and "${" in v]
+
+
+def test_resolve_sweep_latest(tmp_path: Path) -> None:
+    import os
+    import time
+
+    for i, name in enumerate(["2026-01-01/10-00-00", "2026-01-02/09-00-00", "fig/vanilla"]):
+        (tmp_path / "multirun" / name).mkdir(parents=True)
+        (tmp_path / "multirun" / name / "multirun.yaml").write_text("{}")
+        os.utime(tmp_path / "multirun" / name / "multirun.yaml", (time.time() + i, time.time() + i))
+    assert resolve_sweep("multirun/latest", root=tmp_path) == tmp_path / "multirun" / "fig" / "vanilla"
+    (tmp_path / "multirun" / "latest").mkdir()  # a real folder (or link) of that name wins
+    assert resolve_sweep("multirun/latest", root=tmp_path) == tmp_path / "multirun" / "latest"
+    with pytest.raises(FileNotFoundError, match="no sweep"):
+        resolve_sweep(tmp_path / "empty" / "latest")
 
 
 def test_mixed_sweeps_concatenate(sweep: Path, moons: Path) -> None:
@@ -217,13 +301,43 @@ def test_summarise_over_seeds() -> None:
     assert set(long["metric"]) == {"clean_acc", "asr"}  # seed is a setting, not a metric
     cell = long[(long["dp.clip"] == 1.0) & (long["metric"] == "clean_acc")].iloc[0]
     assert cell["mean"] == pytest.approx(0.85) and cell["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
-    assert cell["count"] == 2
+    assert cell["count"] == 2 and cell["over"] == "seed"
     vanilla = long[long["dp.clip"].isna() & (long["metric"] == "clean_acc")].iloc[0]
     assert vanilla["count"] == 1 and vanilla["mean"] == pytest.approx(0.95)
     wide = summarise(df, by=["dp.clip"], metrics=["asr"], wide=True)
-    assert list(wide.columns) == ["dp.clip", "asr_mean", "asr_std", "asr_count"] and len(wide) == 3
+    assert list(wide.columns) == ["dp.clip", "asr_mean", "asr_std", "asr_count", "over"] and len(wide) == 3
+    assert summarise(df, wide=True).equals(summarise(df, by=["dp.clip"], wide=True))  # default: what varies
     with pytest.raises(KeyError, match="nope"):
         summarise(df, by=["nope"])
+
+
+def preset_sweep(seeds: int = 3) -> pd.DataFrame:
+    """Hong Fig. 4a's grid as load_runs returns it: 10 poison ratios × 5 clip norms × 3 seeds."""
+    rng = np.random.default_rng(0)
+    rows = [
+        {"attack.name": "label_flip", "attack.poison_ratio": r, "dp.name": "dpsgd", "dp.clip": c, "dp.noise": 0.0,
+         "optimizer.lr": 0.01, "seed": s, "status": "ok", "rad": r * c / 8 + rng.normal(0, 0.02),
+         "clean_acc": 0.9 - r / 4 + rng.normal(0, 0.01)}
+        for r in (0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.2, 0.3, 0.4)
+        for c in (8, 4, 2, 1, 0.1)
+        for s in range(seeds)
+    ]  # fmt: skip
+    return add_defense(pd.DataFrame(rows))
+
+
+def test_summarise_groups_by_every_swept_setting() -> None:
+    runs = preset_sweep()
+    wide = summarise(runs, metrics=["rad", "clean_acc"], wide=True)
+    assert len(wide) == 50 and (wide["rad_count"] == 3).all() and (wide["over"] == "seed").all()
+    assert [c for c in wide.columns if "." in c] == ["attack.poison_ratio", "dp.clip"]  # only what varies
+    expected = runs.groupby(["attack.poison_ratio", "dp.clip"])["rad"].std(ddof=1).to_numpy()
+    assert wide["rad_std"].to_numpy() == pytest.approx(expected)  # the sd is the spread across seeds
+    one = runs[(runs["attack.poison_ratio"] == 0.3) & (runs["dp.clip"] == 2)]["rad"]
+    cell = wide[(wide["attack.poison_ratio"] == 0.3) & (wide["dp.clip"] == 2)].iloc[0]
+    assert cell["rad_mean"] == pytest.approx(one.mean()) and cell["rad_std"] == pytest.approx(one.std(ddof=1))
+    # Grouping by less pools settings, and says so.
+    pooled = summarise(runs, by=["dp.clip"], metrics=["rad"], wide=True)
+    assert (pooled["rad_count"] == 30).all() and (pooled["over"] == "seed, attack.poison_ratio").all()
 
 
 def test_defense_label() -> None:
@@ -269,6 +383,7 @@ def test_decision_boundaries(moons: Path) -> None:
     fig = plots.decision_boundaries(load_runs(moons))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert [t.split("\n")[0] for t in titles] == ["vanilla", "DP clip=1 noise=1"]
+    assert not overlapping_texts(fig)
     _assert_drawn(fig)
 
 
@@ -298,14 +413,38 @@ def test_report_cli(sweep: Path, tmp_path: Path) -> None:
         assert proc.returncode != 0 and "error:" in proc.stderr
 
 
-def test_notebook_runs_headless(sweep: Path) -> None:
+def _notebook_outputs(nb) -> list[dict]:
+    return [o for c in nb.cells for o in c.get("outputs", [])]
+
+
+def test_notebook_runs_headless(sweep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nb = nbformat.read(ROOT / "notebooks" / "aggregate.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)  # stored clean
     params = code[0]
-    assert "parameters" in params.metadata.get("tags", []) and "sweep_dir" in params.source
-    params.source = f"sweep_dir = {str(sweep)!r}"
+    assert "parameters" in params.metadata.get("tags", []) and "GSDEFENSE_SWEEP" in params.source
+    # The sweep comes from the environment: the notebook runs as stored, without editing it.
+    monkeypatch.setenv("GSDEFENSE_SWEEP", str(sweep))
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    outputs = _notebook_outputs(nb)
+    assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("4 runs" in o.get("text", "") for o in outputs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # 4 sweep figures + gradient telemetry
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert any("mean ± sd over its n = 1 seeds" in t for t in tables)  # one row per setting, n stated
+
+
+@pytest.mark.slow
+def test_notebook_headless_command_writes_outside_the_tree(sweep: Path, tmp_path: Path) -> None:
+    """The README's command: papermill with the sweep as a parameter, the executed copy where the user says."""
+    source = ROOT / "notebooks" / "aggregate.ipynb"
+    stored = source.read_bytes()
+    out = tmp_path / "report" / "aggregate.ipynb"
+    out.parent.mkdir()
+    cmd = [sys.executable, "-m", "papermill", "notebooks/aggregate.ipynb", str(out), "-p", "sweep_dir", str(sweep)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert source.read_bytes() == stored  # the tracked notebook stays without outputs
+    outputs = _notebook_outputs(nbformat.read(out, as_version=4))
+    assert any("4 runs" in o.get("text", "") for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5
