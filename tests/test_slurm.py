@@ -1,10 +1,11 @@
 """Sweeps through the submitit launchers, on a real one-node Slurm cluster.
 
 The cluster is the one of ``scripts/slurm-local-cluster.sh`` (slurmctld, slurmd, slurmdbd with
-MariaDB, munged, all on localhost). The tests use it when it is already up, or start it (and stop it
-afterwards) when they can: as root, with Debian's packages installed or installable with apt-get.
-Anywhere else they skip, saying why. ``GSDEFENSE_SLURM_TESTS=0`` skips them on purpose;
-``GSDEFENSE_SLURM_TESTS=1`` (CI) turns "cannot run here" into a failure.
+MariaDB, munged, all on localhost). Plain ``python -m pytest`` never installs or starts system software:
+the tests use that cluster when it is already up, and otherwise skip with one line saying how to enable
+them. ``GSDEFENSE_SLURM_TESTS=1`` (CI, via .ci/run) installs and starts it when needed (as root, with
+apt-get) and stops it afterwards; there, "cannot run here" is a failure. ``GSDEFENSE_SLURM_TESTS=0``
+skips them even when a cluster runs.
 
 Every Slurm sweep runs CPU-only (``gpus_per_node=0``), one CPU and one thread per run, and gets a
 unique job name so that whatever it leaves in the queue can be cancelled.
@@ -57,27 +58,25 @@ def _script(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
 
 
-def _unavailable(reason: str) -> None:
-    """Skip, or fail where the Slurm tests are required (GSDEFENSE_SLURM_TESTS=1, as in CI)."""
-    if os.environ.get("GSDEFENSE_SLURM_TESTS") == "1":
-        pytest.fail(f"GSDEFENSE_SLURM_TESTS=1 but {reason}")
-    pytest.skip(reason)
+ENABLE = "GSDEFENSE_SLURM_TESTS=1 python -m pytest tests/test_slurm.py"
 
 
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[dict[str, str]]:
     """The environment that points Slurm's commands at the local cluster (``SLURM_CONF``)."""
-    if os.environ.get("GSDEFENSE_SLURM_TESTS") == "0":
+    flag = os.environ.get("GSDEFENSE_SLURM_TESTS", "")
+    if flag == "0":
         pytest.skip("GSDEFENSE_SLURM_TESTS=0")
     started = False
     if _script("status").returncode != 0:
+        if flag != "1":
+            pytest.skip(f"no local Slurm cluster runs; {ENABLE} installs and starts one (root, apt-get)")
         if os.geteuid() != 0:
-            _unavailable(
-                "no local Slurm cluster runs, and starting one needs root: scripts/slurm-local-cluster.sh start"
-            )
+            pytest.fail("GSDEFENSE_SLURM_TESTS=1 but starting a local Slurm cluster needs root")
         install = _script("install", timeout=900)
         if install.returncode != 0:
-            _unavailable(f"cannot install Slurm here: {(install.stderr.strip().splitlines() or ['?'])[-1]}")
+            reason = (install.stderr.strip().splitlines() or ["?"])[-1]
+            pytest.fail(f"GSDEFENSE_SLURM_TESTS=1 but Slurm cannot be installed here: {reason}")
         # Installed, as root: from here on a failure to start is a bug, not a missing prerequisite.
         start = _script("start", timeout=300)
         assert start.returncode == 0, f"the local Slurm cluster did not start:\n{start.stderr[-3000:]}"
