@@ -7,7 +7,8 @@ Draw ``count`` distinct ``x_base`` from ``base_class`` and ``count`` distinct ``
 
 appended to the clean training set. ``α`` is the collision intensity: α = 0 duplicates dresses, α = 1 is a coat
 labelled dress. ``count`` is ``n_poisons`` (the paper: 100 pairs on FashionMNIST-3/4) or
-``round(poison_ratio·n)``.
+``round(poison_ratio·n)``. The pairs are a seeded random draw; the original used fixed index lists
+(docs/deviations.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``replace``: relabel ``round(poison_ratio·n)`` training samples to a different,
 uniformly random class (or to ``target_class`` when given).
 ``append``: the original's variant — append that many *copies* with flipped
-labels, leaving the clean samples untouched.
+labels, leaving the clean samples untouched (the Hong presets use it; see docs/deviations.md).
 """
 
 from __future__ import annotations

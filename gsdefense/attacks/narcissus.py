@@ -17,7 +17,7 @@ themselves, the surrogate's architecture, schedule and split, seed, eps, steps â
 
 Simplified relative to Zeng et al.: the auxiliary data is a split of the training set, not a public
 out-of-distribution set (POOD); there is no separate POOD pre-training / "poi-warm-up" fine-tuning stage and no
-data augmentation during trigger synthesis.
+data augmentation during trigger synthesis (docs/deviations.md).
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ Binary task, linear model ``f(x) = ⟨w, x⟩ + b`` on flattened pixels, labels 
 argmax is solved exactly per label by ``feasible.FeasibleSet.argmax_linear``. The poisons ``D_p = {(x_t, y_t)}``
 are appended; ``extra_metrics`` reports ``certified_upper_bound`` = U*.
 
-Simplifications: the victim is trained with softmax cross-entropy on normalised inputs, not the hinge model
-the attack optimises against; U* bounds the attack's hinge (or logistic) loss in pixel space, not the victim's.
+Simplifications (all in docs/deviations.md): the victim is trained with softmax cross-entropy on the
+dataset's ``input_norm`` inputs (raw pixels for FashionMNIST-3/4, as Hong et al.), not the hinge model the
+attack optimises against; U* bounds the attack's hinge (or logistic) loss in pixel space, not the victim's.
 Steinhardt et al.'s released code runs extra iterations and throws the first ones out; likewise ``burn_in``
 (default 500; 0 is Algorithm 1 verbatim) iterations run before the εn that produce poisons, so that small
 data sets (εn of a few dozen) still get poisons aimed at a converged θ. η and ρ are not given in the paper.
