@@ -1,0 +1,290 @@
+"""Where a sweep's wall time goes (issue 17 §4), and from which grid size fusing pays off.
+
+    python benchmarks/sweep_overhead.py [--epochs 20] [--sweeps fused40 basic6] [--payoff 2 4 8 16 40]
+                                        [--payoff-epochs 20] [--out DIR] [--profile]
+
+Each sweep runs as a user runs it, ``python launch.py -m …`` in a fresh process with a fresh reference cache
+and sweep dir, but through a driver (this file, ``--driver``) that wraps the functions of each phase with
+timers before handing over to launch.py: nothing in gsdefense or Hydra is edited. Every moment of the process
+is booked to the innermost phase running then (exclusive times; they add up to the wall time), with two
+exceptions: training and evaluation inside a reference count as references, and compositions inside Hydra's
+sweeper validation pass count as that pass. The phases and the functions that open them:
+
+- process start, process exit: before the driver's first line and after its last (interpreter start-up,
+  teardown), from the parent's clock;
+- imports: ``importlib._bootstrap._find_and_load`` (every module's first import, lazy ones included);
+- Hydra compose: ``ConfigLoaderImpl.load_configuration``/``load_sweep_config`` (the primary config and the
+  launcher's per-job config); Hydra validation pass: ``Sweeper.validate_batch_is_legal`` (the sweeper
+  composes every job once more before launching); Hydra job setup: ``hydra.core.utils.run_job`` (job dir,
+  ``.hydra/*.yaml``, logging, callbacks), around the task;
+- config hashing: ``run_id``, ``run_noise_seed``, ``fusion_key``; grouping: ``fuse.group_jobs``;
+- validation: ``plan.prepare``; data: ``data.load_dataset``; poisoning: ``run.poison``;
+- training: ``training.loop.train``, ``training.fused.train_fused``; evaluation: ``metrics.evaluate`` (per
+  epoch) and ``run.finish`` (final losses); telemetry: ``GradientProbe.measure``;
+- references: ``run.reference_accuracy``, ``fuse.train_references``;
+- outputs: ``io.write_json``/``write_csv``/``atomic_write`` (metrics, history, model, checkpoints),
+  ``Checkpointer.load``/``clear``, the sweep summary callback;
+- other: everything else (Hydra's start-up and plugin scan, launcher and logging code, …).
+
+A hook whose function is missing (renamed by later work) is reported and its time lands in the enclosing
+phase. ``--profile`` also writes a cProfile of each driver process (``*.prof``, for snakeviz/pstats).
+
+The payoff table runs the README's grid (clips 0.1, 0.5, 1, 2, 4 × noises 0, 0.5, 1, 2, 3, 4, 6, 8) cut to
+M = 2, 4, 8, 16, 40 runs, MLP on digits, with the basic and the fused launcher, and reports both wall times
+and the training phase of each.
+"""
+
+from __future__ import annotations
+
+import time
+
+T0_WALL, T0 = time.time(), time.perf_counter()  # the driver's first moment, before its own imports
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPS, NOISES = ["0.1", "0.5", "1", "2", "4"], ["0", "0.5", "1", "2", "3", "4", "6", "8"]
+SWEEPS = {
+    "fused40": ["hydra/launcher=fused", f"dp.clip={','.join(CLIPS)}", f"dp.noise={','.join(NOISES)}"],
+    "basic6": ["dp.clip=0.1,1,4", "dp.noise=0.4,4.0", "attack=blend"],
+}
+# phase -> the (module, attribute) functions that open it; "Class.method" patches the class.
+HOOKS = {
+    "Hydra compose": [("hydra._internal.config_loader_impl", "ConfigLoaderImpl.load_configuration")],
+    "Hydra validation pass": [("hydra.plugins.sweeper", "Sweeper.validate_batch_is_legal")],
+    "Hydra job setup": [("hydra.core.utils", "run_job")],
+    "config hashing": [("gsdefense.identity", "run_id"), ("gsdefense.identity", "run_noise_seed"),
+                       ("gsdefense.run", "run_id"), ("gsdefense.run", "run_noise_seed"),
+                       ("gsdefense.fuse", "fusion_key")],
+    "grouping": [("gsdefense.fuse", "group_jobs")],
+    "validation": [("gsdefense.plan", "prepare")],
+    "data": [("gsdefense.data", "load_dataset")],
+    "poisoning": [("gsdefense.run", "poison")],
+    "training": [("gsdefense.training.loop", "train"), ("gsdefense.training.fused", "train_fused")],
+    "evaluation": [("gsdefense.metrics", "evaluate"), ("gsdefense.run", "finish")],
+    "telemetry": [("gsdefense.telemetry", "GradientProbe.measure")],
+    "references": [("gsdefense.run", "reference_accuracy"), ("gsdefense.fuse", "train_references")],
+    "outputs": [("gsdefense.io", "write_json"), ("gsdefense.io", "write_csv"), ("gsdefense.io", "atomic_write"),
+                ("gsdefense.training.checkpoint", "Checkpointer.load"),
+                ("gsdefense.training.checkpoint", "Checkpointer.clear"),
+                ("gsdefense.callbacks", "SweepSummary.on_multirun_end")],
+}  # fmt: skip
+ABSORB = {"references": {"training", "evaluation", "telemetry"}, "Hydra validation pass": {"Hydra compose"}}
+ORDER = ["process start", "process exit", "imports", "Hydra compose", "Hydra validation pass", "Hydra job setup",
+         "config hashing", "grouping", "validation", "data", "poisoning", "training", "evaluation", "telemetry",
+         "references", "outputs", "other"]  # fmt: skip
+PREIMPORT = ["hydra", "hydra._internal.config_loader_impl", "hydra._internal.core_plugins.basic_launcher",
+             "hydra._internal.core_plugins.basic_sweeper", "hydra.plugins.sweeper", "hydra.core.utils",
+             "hydra_plugins.gsdefense_fused.fused_launcher", "gsdefense.launch", "gsdefense.run", "gsdefense.fuse",
+             "gsdefense.plan", "gsdefense.identity", "gsdefense.data", "gsdefense.metrics", "gsdefense.telemetry",
+             "gsdefense.io", "gsdefense.callbacks", "gsdefense.training.loop", "gsdefense.training.fused",
+             "gsdefense.training.checkpoint"]  # fmt: skip
+
+
+class Phases:
+    """Exclusive time per phase: a stack of open phases; the one on top is charged until it closes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: Counter[str] = Counter()
+        self.stack = [["other", T0]]
+
+    def enter(self, phase: str) -> None:
+        now = time.perf_counter()
+        top = self.stack[-1]
+        self.seconds[top[0]] += now - top[1]
+        self.calls[phase] += 1  # calls of the phase's functions, absorbed ones included
+        self.stack.append([top[0] if phase in ABSORB.get(top[0], ()) else phase, now])
+
+    def leave(self) -> None:
+        now = time.perf_counter()
+        phase, since = self.stack.pop()
+        self.seconds[phase] += now - since
+        self.stack[-1][1] = now
+
+    def wrap(self, fn, phase: str):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            self.enter(phase)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.leave()
+
+        timed.sweep_phase = phase
+        return timed
+
+
+def install(phases: Phases) -> list[str]:
+    """Wrap every hook's function wherever it is referenced; returns the hooks that were not found."""
+    import importlib._bootstrap as bootstrap
+
+    bootstrap._find_and_load = phases.wrap(bootstrap._find_and_load, "imports")
+    phases.enter("imports")
+    for name in PREIMPORT:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    phases.leave()
+    missing = []
+    for phase, targets in HOOKS.items():
+        for module_name, attr in targets:
+            module = sys.modules.get(module_name)
+            owner_name, _, method = attr.rpartition(".")
+            owner = getattr(module, owner_name, None) if owner_name else module
+            original = getattr(owner, method, None) if owner is not None else None
+            if original is None:
+                missing.append(f"{module_name}.{attr}")
+                continue
+            if hasattr(original, "sweep_phase"):  # the same function under another name: wrapped already
+                continue
+            wrapped = phases.wrap(original, phase)
+            if owner_name:
+                setattr(owner, method, wrapped)
+                continue
+            for mod in list(sys.modules.values()):  # `from x import f` copies: patch every reference
+                if getattr(mod, "__name__", "").startswith(("gsdefense", "hydra", "hydra_plugins")):
+                    for key, value in list(vars(mod).items()):
+                        if value is original:
+                            setattr(mod, key, wrapped)
+    return missing
+
+
+def driver(result_path: Path, launch_args: list[str], profile: Path | None) -> int:
+    """Run ``launch.py ARGS`` in this process under the phase timers; write the phases to ``result_path``."""
+    phases = Phases()
+    missing = install(phases)
+    sys.path[0] = str(ROOT)  # as `python launch.py` would have it
+    sys.argv = [str(ROOT / "launch.py"), *launch_args]
+    code = 0
+    import runpy
+
+    profiler = None
+    if profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        runpy.run_path(str(ROOT / "launch.py"), run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(str(profile))
+    phases.seconds[phases.stack[0][0]] += time.perf_counter() - phases.stack[0][1]
+    body = {"seconds": dict(phases.seconds), "calls": dict(phases.calls), "missing_hooks": missing,
+            "t0_wall": T0_WALL, "t_end_wall": time.time(), "exit": code}  # fmt: skip
+    result_path.write_text(json.dumps(body))
+    return code
+
+
+def run_sweep(args: list[str], *, epochs: int, tmp: Path, label: str, profile_dir: Path | None) -> dict:
+    """One sweep in a fresh driver process: its phases, wall time and run count."""
+    sweep, result = tmp / label / "sweep", tmp / label / "phases.json"
+    result.parent.mkdir(parents=True)
+    cmd = [sys.executable, __file__, "--driver", str(result)]
+    if profile_dir is not None:
+        cmd += ["--profile-to", str(profile_dir / f"{label}.prof")]
+    cmd += ["--", "-m", *args, f"optimizer.epochs={epochs}", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "GSDEFENSE_CACHE_DIR": str(tmp / label / "cache")}
+    start_wall, start = time.time(), time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0 or not result.exists():
+        raise SystemExit(f"sweep {label} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    body = json.loads(result.read_text())
+    seconds = body["seconds"]
+    seconds["process start"] = body["t0_wall"] - start_wall  # interpreter start-up, before the driver's first line
+    seconds["process exit"] = wall - (body["t_end_wall"] - start_wall)  # teardown: atexit handlers, finalisers
+    runs = len(list(sweep.glob("*/metrics.json")))
+    return {"label": label, "args": args, "epochs": epochs, "runs": runs, "wall_s": wall, "seconds": seconds,
+            "calls": body["calls"], "missing_hooks": body["missing_hooks"]}  # fmt: skip
+
+
+def breakdown_md(sweep: dict) -> str:
+    s, wall = sweep["seconds"], sweep["wall_s"]
+    lines = [f"`python launch.py -m {' '.join(sweep['args'])} optimizer.epochs={sweep['epochs']}`: {sweep['runs']} "
+             f"runs, {wall:.1f} s wall, {s.get('training', 0) / wall:.0%} in training.", "",
+             "| phase | s | share | calls |", "|---|---|---|---|"]  # fmt: skip
+    for phase in ORDER + sorted(set(s) - set(ORDER)):
+        if phase in s:
+            lines.append(f"| {phase} | {s[phase]:.2f} | {s[phase] / wall:.1%} | {sweep['calls'].get(phase, '')} |")
+    if sweep["missing_hooks"]:
+        lines.append(f"\nHooks not found (their time is in the enclosing phase): {', '.join(sweep['missing_hooks'])}")
+    return "\n".join(lines) + "\n"
+
+
+def payoff_args(m: int, launcher: str) -> list[str]:
+    """The first M runs of the README's 5 × 8 grid, as a product of clip and noise lists."""
+    shapes = {2: (2, 1), 4: (2, 2), 8: (4, 2), 16: (4, 4), 40: (5, 8)}
+    if m not in shapes:
+        raise SystemExit(f"--payoff: grid sizes must be among {sorted(shapes)} (got {m})")
+    c, n = shapes[m]
+    grid = [f"dp.clip={','.join(CLIPS[:c])}", f"dp.noise={','.join(NOISES[:n])}"]
+    return (["hydra/launcher=fused"] if launcher == "fused" else []) + grid
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20, help="optimizer.epochs of the breakdown sweeps")
+    parser.add_argument("--sweeps", nargs="*", default=list(SWEEPS), choices=list(SWEEPS))
+    parser.add_argument("--payoff", nargs="*", type=int, default=[2, 4, 8, 16, 40], help="grid sizes (none: skip)")
+    parser.add_argument("--payoff-epochs", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=None, help="write sweep_overhead.json and .md here")
+    parser.add_argument("--profile", action="store_true", help="also write a cProfile per sweep into --out")
+    parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-to", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("launch_args", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.driver:
+        sys.exit(driver(args.driver, args.launch_args, args.profile_to))
+    profile_dir = args.out if args.profile else None
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"breakdown": [], "payoff": []}
+    md = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in args.sweeps:
+            sweep = run_sweep(SWEEPS[label], epochs=args.epochs, tmp=Path(tmp), label=label, profile_dir=profile_dir)
+            report["breakdown"].append(sweep)
+            md.append(breakdown_md(sweep))
+            print(md[-1], flush=True)
+        rows = []
+        for m in args.payoff:
+            row = {"runs": m}
+            for launcher in ("basic", "fused"):
+                sweep = run_sweep(payoff_args(m, launcher), epochs=args.payoff_epochs, tmp=Path(tmp),
+                                  label=f"payoff-{m}-{launcher}", profile_dir=None)  # fmt: skip
+                assert sweep["runs"] == m, sweep
+                row[f"{launcher}_s"], row[f"{launcher}_train_s"] = sweep["wall_s"], sweep["seconds"].get("training")
+            row["speedup"] = row["basic_s"] / row["fused_s"]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        report["payoff"] = rows
+    if rows:
+        table = [f"MLP on digits, {args.payoff_epochs} epochs, cold reference cache; wall time of the whole "
+                 "`python launch.py -m …` process and its training phase.", "",
+                 "| runs | basic launcher s | fused s | fused speed-up | training s: basic / fused |",
+                 "|---|---|---|---|---|"]  # fmt: skip
+        table += [f"| {r['runs']} | {r['basic_s']:.1f} | {r['fused_s']:.1f} | {r['speedup']:.2f}× | "
+                  f"{r['basic_train_s']:.1f} / {r['fused_train_s']:.1f} |" for r in rows]  # fmt: skip
+        md.append("\n".join(table) + "\n")
+        print(md[-1])
+    if args.out:
+        (args.out / "sweep_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "sweep_overhead.md").write_text("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
