@@ -1,6 +1,8 @@
 """DP-SGD cost relative to vanilla training, for mlp and cnn on the embedded digits data.
 
-    python benchmarks/dp_overhead.py [--repeats 5] [--device auto] [--batch-size 64]
+    python benchmarks/dp_overhead.py [--repeats 5] [--device auto] [--batch-size 64] [--mode auto]
+
+``--mode`` is ``dp.grad_sample_mode`` (default ``auto``, the config default; ``hooks`` times Opacus' engine).
 
 Both arms run in this one process, interleaved, on identical model, data and
 batch size; the ratio (median DP epoch ÷ median vanilla epoch) is what to
@@ -49,21 +51,23 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
+    parser.add_argument("--mode", default="auto", help="dp.grad_sample_mode: auto | bk | vmap | hooks | functorch")
     args = parser.parse_args()
+    dp = DPSGDConfig(grad_sample_mode=args.mode)  # the dataclass' own default is hooks; the config's is auto
     device = resolve_device(args.device)
     data = load_dataset(OmegaConf.create({"name": "digits"}), seed=0).to(device)
     n = len(data.y_train)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} n_train={n} "
-          f"batch={args.batch_size} repeats={args.repeats}")  # fmt: skip
+          f"batch={args.batch_size} repeats={args.repeats} mode={args.mode}")  # fmt: skip
     print(f"{'model':<6} {'vanilla s/epoch':>16} {'DP s/epoch':>11} {'DP/vanilla':>11} {'vanilla samp/s':>15} "
           f"{'DP samp/s':>10}")  # fmt: skip
     for name in args.models:
         epoch_seconds(name, dp=None, data=data, batch_size=args.batch_size)  # warm-up
-        epoch_seconds(name, dp=DPSGDConfig(), data=data, batch_size=args.batch_size)
+        epoch_seconds(name, dp=dp, data=data, batch_size=args.batch_size)
         plain, private = [], []
         for _ in range(args.repeats):
             plain.append(epoch_seconds(name, dp=None, data=data, batch_size=args.batch_size))
-            private.append(epoch_seconds(name, dp=DPSGDConfig(), data=data, batch_size=args.batch_size))
+            private.append(epoch_seconds(name, dp=dp, data=data, batch_size=args.batch_size))
         p, d = statistics.median(plain), statistics.median(private)
         print(f"{name:<6} {p:>16.4f} {d:>11.4f} {d / p:>11.2f} {n / p:>15.0f} {n / d:>10.0f}")
 
