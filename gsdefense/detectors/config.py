@@ -55,7 +55,7 @@ class NeuralCleanseConfig:
     name: str = "neural_cleanse"
     defender_fraction: float = 0.1  # share of the clean training set held out for the defender (paper: 10%)
     batch_size: int = 32
-    steps_per_epoch: int | None = None  # null: one pass over the defender data per mini-epoch
+    steps_per_epoch: int | None = None  # null: one pass over the defender data, at most 31 batches (the original's)
     max_epochs: int = 1000  # the original's STEPS
     lr: float = 0.1
     beta1: float = 0.5

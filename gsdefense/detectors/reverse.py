@@ -11,8 +11,9 @@ Each label's loss depends only on its own mask and pattern and Adam is elementwi
 equals running each label alone (``tests/test_neural_cleanse.py`` checks it). Tabular (1-D) inputs get one
 mask entry per feature.
 
-Deviations from the original code, for the docs: a mini-epoch is one pass over the defender data unless
-``steps_per_epoch`` is set (the original draws 1000 samples ≈ 31 batches); batches are drawn without
+Deviations from the original code, for the docs: a mini-epoch is one pass over the defender data, capped at the
+original's 31 batches (1000 samples), unless ``steps_per_epoch`` is set (on digits' 135 defender samples a pass is
+5 batches: the λ schedule's patience then spans 160 samples instead of 1000); batches are drawn without
 replacement within a batch; the "best mask" test compares the end-of-epoch mask's own L1 (the original
 compares the epoch's mean L1 but saves the end-of-epoch mask); a label that stops is dropped from later
 forward passes.
@@ -33,6 +34,9 @@ from gsdefense.detectors.config import NeuralCleanseConfig
 
 EPS = 1e-7  # Keras' K.epsilon(), as in the original tanh parametrisation and Adam
 EVAL_ROWS = 4096  # stamped inputs per forward when measuring success
+# The original's mini-epoch: NB_SAMPLE / BATCH_SIZE = 1000 / 32 batches. A pass over a larger defender set is capped
+# at this, so large datasets cost what they cost the original.
+ORIGINAL_STEPS_PER_EPOCH = 31
 
 
 @dataclass
@@ -143,6 +147,25 @@ class _Schedule:
         return stop
 
 
+class KerasAdam:
+    """Adam as Keras 2 (the original code's optimizer): ``θ −= lr·√(1−β2ᵗ)/(1−β1ᵗ) · m / (√v + ε)``.
+
+    One in-place update of one stacked tensor per step; elementwise, so every label's rows evolve on their own.
+    """
+
+    def __init__(self, param: torch.Tensor, *, lr: float, beta1: float, beta2: float, eps: float = EPS) -> None:
+        self.param, self.lr, self.beta1, self.beta2, self.eps = param, lr, beta1, beta2, eps
+        self.m, self.v, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor) -> None:
+        self.t += 1
+        self.m.mul_(self.beta1).add_(grad, alpha=1 - self.beta1)
+        self.v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        lr_t = self.lr * math.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)
+        self.param.addcdiv_(self.m, self.v.sqrt().add_(self.eps), value=-lr_t)
+
+
 def reverse_engineer(
     model: nn.Module,
     x: torch.Tensor,
@@ -156,55 +179,62 @@ def reverse_engineer(
     """Reverse-engineer the minimal trigger of every label in ``labels`` (default: all) on defender data ``x``.
 
     Initial masks and patterns are uniform random (as the original), drawn for all ``num_classes`` labels and
-    then selected, so a label's run does not depend on which other labels run with it.
+    then selected, so a label's run does not depend on which other labels run with it. As in the original (a
+    Keras gradient of the per-sample loss vector), a step's gradient is that of ``Σ_batch CE + batch·λ·‖m‖₁``.
     """
     device, dtype = x.device, x.dtype
     labels_t = torch.arange(num_classes, device=device) if labels is None else torch.as_tensor(labels, device=device)
     k, n = len(labels_t), len(x)
     lo, hi = box
+    m_shape, p_shape = mask_shape(x.shape[1:]), tuple(x.shape[1:])
+    split = math.prod(m_shape)
     gen = torch.Generator(device=device).manual_seed(seed)
-    m0 = torch.rand((num_classes, *mask_shape(x.shape[1:])), generator=gen, device=device, dtype=dtype)[labels_t]
-    p0 = torch.rand((num_classes, *x.shape[1:]), generator=gen, device=device, dtype=dtype)[labels_t]
-    theta_m, theta_p = unsquash(m0).requires_grad_(), unsquash(p0).requires_grad_()
-    opt = torch.optim.Adam([theta_m, theta_p], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=EPS, fused=True)
+    m0 = torch.rand((num_classes, *m_shape), generator=gen, device=device, dtype=dtype)[labels_t]
+    p0 = torch.rand((num_classes, *p_shape), generator=gen, device=device, dtype=dtype)[labels_t]
+    # One stacked tensor (mask | pattern) per label: one gather, one backward and one Adam update per step.
+    theta = torch.cat([unsquash(m0).flatten(1), unsquash(p0).flatten(1)], 1).requires_grad_()
+    adam = KerasAdam(theta, lr=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2)
     batch = min(cfg.batch_size, n)
-    per_epoch = cfg.steps_per_epoch or math.ceil(n / batch)
+    per_epoch = cfg.steps_per_epoch or min(math.ceil(n / batch), ORIGINAL_STEPS_PER_EPOCH)
     sched = _Schedule(k, cfg=cfg, device=device, dtype=dtype)
-    best_m, best_p = squash(theta_m).detach().clone(), (lo + (hi - lo) * squash(theta_p)).detach().clone()
+    best = squash(theta).detach().clone()
     active = torch.ones(k, dtype=torch.bool, device=device)
     epochs = torch.zeros(k, dtype=torch.int64, device=device)
+
+    def trigger(sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = len(sq)
+        return sq[:, :split].view(rows, *m_shape), (lo + (hi - lo) * sq[:, split:]).view(rows, *p_shape)
+
     with frozen(model):
         for _ in range(cfg.max_epochs):
             rows = active.nonzero().squeeze(1)  # one host sync per mini-epoch, none per step
-            if len(rows) == 0:
+            a = len(rows)
+            if a == 0:
                 break
             target = labels_t[rows]
+            target_rep, cost = target.repeat_interleave(batch), sched.cost[rows] * batch
             order = torch.rand(per_epoch, n, generator=gen, device=device).argsort(1)[:, :batch]
-            hits = torch.zeros(len(rows), device=device, dtype=dtype)
+            hits = torch.zeros(a, dtype=torch.int64, device=device)
             for idx in order:
-                mask = squash(theta_m[rows])
-                pattern = lo + (hi - lo) * squash(theta_p[rows])
-                logits = model(_stamp_all(x[idx], mask, pattern).flatten(0, 1)).view(len(rows), batch, -1)
-                ce = F.cross_entropy(logits.flatten(0, 1), target.repeat_interleave(batch), reduction="none")
-                loss = (ce.view(len(rows), batch).mean(1) + sched.cost[rows] * mask.flatten(1).sum(1)).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                hits += (logits.detach().argmax(-1) == target[:, None]).to(dtype).mean(1)
+                mask, pattern = trigger(squash(theta if a == k else theta[rows]))
+                logits = model(_stamp_all(x[idx], mask, pattern).flatten(0, 1))
+                ce = F.cross_entropy(logits, target_rep, reduction="none").view(a, batch).sum(1)
+                (grad,) = torch.autograd.grad((ce + cost * mask.flatten(1).sum(1)).sum(), theta)
+                adam.step(grad)
+                hits += (logits.detach().argmax(-1).view(a, batch) == target[:, None]).sum(1)
             epochs[rows] += 1
             ok = torch.zeros(k, dtype=torch.bool, device=device)
-            ok[rows] = hits / per_epoch >= cfg.attack_succ_threshold
+            ok[rows] = hits >= cfg.attack_succ_threshold * (per_epoch * batch)
             with torch.no_grad():
-                mask_now = squash(theta_m)
-                l1_now = mask_now.flatten(1).sum(1)
+                now = squash(theta)
+                l1_now = now[:, :split].sum(1)
                 better = active & ok & (l1_now < sched.reg_best)
                 sched.reg_best = torch.where(better, l1_now, sched.reg_best)
                 # Until a label first succeeds its "best" is simply its latest trigger (the original's fallback).
                 keep = better | (active & ~torch.isfinite(sched.reg_best))
-                view = (-1,) + (1,) * (theta_m.dim() - 1)
-                best_m = torch.where(keep.view(view), mask_now, best_m)
-                best_p = torch.where(keep.view(view), lo + (hi - lo) * squash(theta_p), best_p)
+                best = torch.where(keep[:, None], now, best)
             active = active & ~sched.update(ok=ok, active=active)
+        best_m, best_p = trigger(best)
         success = trigger_success(model, x, best_m, best_p, labels_t)
     return ReverseResult(
         labels=labels_t,

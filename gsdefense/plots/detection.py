@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from gsdefense.analysis import setting_columns
 from gsdefense.plots._common import VANILLA, defense_order, fmt, label, ok_runs, require, split_defense, styled, title
 
 INDEX = "nc_target_anomaly_index"
@@ -52,6 +53,16 @@ def _slices(dp: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
     if at_clip["dp.noise"].nunique() >= 2:
         out.append(("dp.noise", at_clip, f"C = {fmt(clip)}"))
     return out
+
+
+def _pooled(df: pd.DataFrame, keys: Sequence[str]) -> str:
+    """Name the settings that vary within one plotted group (other than the seed): they are averaged over."""
+    columns = [c for c in setting_columns(df, varying=True) if c not in keys and not c.startswith("dp.")]
+    if not columns:
+        return ""
+    spread = df.groupby(list(keys), dropna=False)[columns].nunique(dropna=False).max()
+    pooled = [c for c in columns if spread[c] > 1]
+    return f"pooled over {', '.join(pooled)}" if pooled else ""
 
 
 def _rate(detected: pd.Series) -> str:
@@ -109,7 +120,7 @@ def nc_anomaly_vs_dp(runs: pd.DataFrame) -> Figure:
     ]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
     title(fig, "Neural Cleanse: anomaly index of the backdoor target under DP-SGD",
-          "labels: detection rate, target flagged / seeds")  # fmt: skip
+          "labels: detection rate, target flagged / seeds", _pooled(df, ["attack.name", "defense"]))  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -153,6 +164,7 @@ def nc_asr_before_after(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", 
                 tick.set_fontweight("bold" if tick.get_text() == VANILLA else "normal")
     handles = [Patch(color=color, label=stage) for stage, color in colors.items()]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
-    title(fig, "Neural Cleanse repair: before vs after", "mean ± sd over seeds")
+    pooled = _pooled(df, ["attack.name", "defense"])
+    title(fig, "Neural Cleanse repair: before vs after", "mean ± sd over seeds", pooled)
     fig.tight_layout()
     return fig
