@@ -13,6 +13,7 @@ types; what fails a check gets its own status and a reason in ``error``, never a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import re
@@ -184,7 +185,28 @@ def config_run_id(cfg: DictConfig) -> str:
     return run_id(cfg)
 
 
+def _stamp(run_dir: Path) -> tuple:
+    """What a run's row depends on: its files' sizes and modification times (None when absent)."""
+    out = []
+    for path in (run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "hydra.yaml", run_dir / "metrics.json"):
+        try:
+            stat = path.stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((stat.st_mtime_ns, stat.st_size))
+    return tuple(out)
+
+
 def read_run(run_dir: PathLike) -> dict[str, Any]:
+    """One run's row (see ``_read_run``); cached while its files are unchanged: load_runs and load_history both
+    need it, and identifying a config (run_id validates the typed config) takes tens of milliseconds."""
+    run_dir = Path(run_dir)
+    return dict(_read_run(run_dir, _stamp(run_dir)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _read_run(run_dir: Path, stamp: tuple) -> dict[str, Any]:  # stamp: only a cache key
     """One run's row: config columns, metrics, ``status``, ``error``, ``run_dir``. Never raises.
 
     A metrics.json whose ``run_id`` is not this config's id is ``stale`` and its numbers are dropped. A config that

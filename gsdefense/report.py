@@ -59,7 +59,9 @@ def _number(mean: float, sd: float) -> str:
 
 
 def _short(value: float) -> str:
-    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.3g}"  # ε can be 1e13 at σ = 1e-7
+    if abs(value) >= 1000:
+        return f"{value:.3g}"  # ε can be 1e13 at σ = 1e-7
+    return f"{value:.3f}" if round(value, 3) else "0.000"  # never "-0.000"
 
 
 def metrics_table(runs: pd.DataFrame) -> pd.DataFrame:
