@@ -256,6 +256,21 @@ def test_unlearning_removes_the_backdoor_at_a_small_accuracy_cost(badnets, tmp_p
     assert metrics["clean_acc_after"] >= badnets.before["clean_acc"] - 0.05  # measured: 0.971 → 0.944
 
 
+def test_a_diverged_unlearning_is_recorded_not_evaluated(badnets, tmp_path):
+    def explode(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int) -> nn.Module:
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+        return model
+
+    metrics = run_detector(NeuralCleanseConfig(mitigation="unlearn", max_epochs=10), model=badnets.model,
+                           x_defender=badnets.x_def, y_defender=badnets.y_def, box=(0.0, 1.0), num_classes=10,
+                           target_class=TARGET, true_trigger=None, evaluate=badnets.evaluate, fine_tune=explode,
+                           seed=0, output_dir=tmp_path)  # fmt: skip
+    assert metrics["nc_flagged"] == [TARGET]  # 10 mini-epochs suffice here (index 3.65)
+    assert "diverged" in metrics["nc_mitigation_error"] and "asr_after" not in metrics
+    assert torch.isfinite(next(badnets.model.parameters())).all(), "the fine-tune got a copy"
+
+
 def test_pruning_removes_the_backdoor_without_fine_tuning(badnets, tmp_path):
     metrics = _detect(badnets, tmp_path, mitigation="prune")
     assert 0 < metrics["nc_pruned"] <= 128 and metrics["nc_prune_trigger_success"] < 0.05

@@ -92,6 +92,12 @@ def _mitigate(cfg: NeuralCleanseConfig, *, rev, hits: list[int], model: nn.Modul
                 raise ValueError("mitigation=unlearn needs a fine_tune callable")
             repaired = unlearn(model, x, y, mask=mask, pattern=pattern, fraction=cfg.unlearn_fraction,
                                epochs=cfg.unlearn_epochs, fine_tune=fine_tune, seed=seed)  # fmt: skip
+            if not all(torch.isfinite(p).all() for p in repaired.parameters()):
+                # A diverged fine-tune is a result to record, not a model to evaluate (as a diverged run).
+                log.warning("neural cleanse: unlearning diverged (non-finite weights)")
+                out["nc_mitigation_error"] = "unlearning fine-tune diverged (non-finite weights)"
+                out["nc_mitigation_seconds"] = time.perf_counter() - start
+                return out
         else:
             result = prune(model, x, y, mask=mask, pattern=pattern, label=label, success=cfg.prune_success,
                            max_fraction=cfg.prune_max_fraction)  # fmt: skip
