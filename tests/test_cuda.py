@@ -280,6 +280,16 @@ def _sync_sites(fn) -> list[str]:
     return [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
 
 
+def test_sync_counter_sees_known_syncs(device):
+    """The instrument: ``.item()`` and ``nonzero()`` sync, each named by the calling line; ``t * 2`` does not."""
+    if device.type != "cuda":
+        pytest.skip("CUDA's sync debug mode needs a CUDA device")
+    t = torch.arange(8, device=device)
+    assert _sync_sites(lambda: t.sum().item()) and _sync_sites(lambda: (t > 3).nonzero())
+    assert {site.split(":")[0] for site in _sync_sites(lambda: t.sum().item())} == {Path(__file__).name}
+    assert _sync_sites(lambda: t * 2 + 1) == []
+
+
 def _one_epoch(kind: str, device, x, y, batch_size: int) -> None:
     opt = SGDConfig(epochs=1, batch_size=batch_size)
     dp = None if kind == "vanilla" else DPSGDConfig(noise=1.0, grad_sample_mode="bk")
