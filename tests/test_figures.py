@@ -321,3 +321,16 @@ def test_figures_ignore_runs_that_are_not_ok() -> None:
     fig = plots.rad_vs_poison_ratio(runs)
     assert fig.axes[0].get_ylim()[1] < 1
     plt.close(fig)
+
+
+def test_gradient_telemetry_draws_one_line_per_swept_intensity() -> None:
+    """Hong Fig. 1 (preset hong_fig1_collision): vanilla only, one line per collision intensity α."""
+    hist = preset_history("fig4a", epochs=10)
+    hist = hist[hist["dp.name"] == "none"].copy()
+    alphas = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
+    hist = hist[hist["attack.poison_ratio"] == 0.4].drop(columns="attack.poison_ratio")
+    hist = pd.concat([hist.assign(**{"attack.alpha": a, "run_dir": hist["run_dir"] + f"/{a}"}) for a in alphas])
+    fig = plots.gradient_telemetry(hist)
+    assert legend_texts(fig)[:6] == [f"alpha={a:g}" for a in alphas]
+    assert "vanilla" in fig.get_suptitle()
+    assert_readable(fig)

@@ -20,6 +20,7 @@ from gsdefense.plots._axes import BOUNDED, declutter, line_colors, log_axis, met
 from gsdefense.plots._common import (
     VANILLA,
     context,
+    defense_order,
     dp_line_label,
     facet_groups,
     facets,
@@ -75,18 +76,26 @@ def _select(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], bool, list[str]]
     clips, noises = dp["dp.clip"].nunique(), dp["dp.noise"].nunique()
     labels = [f"DP {dp_line_label(c, s, clips=clips, noises=noises)}" for c, s in zip(dp["dp.clip"], dp["dp.noise"])]
     data = pd.concat([vanilla.assign(line=VANILLA), dp.assign(line=labels)], ignore_index=True)
+    ordered = clips <= 1 or noises <= 1
     keys, rest = facets(data, ["epoch"])
+    swept = [k for k in (*keys, *rest) if k != "attack.name"]
+    if data["line"].nunique() == 1 and len(swept) == 1 and data[swept[0]].nunique() <= MAX_LINES:
+        # One defense and one other swept setting (Hong Fig. 1: the collision intensity α): one line per value.
+        key = swept[0]
+        data = data.assign(line=[f"{key.rsplit('.', 1)[-1]}={v:g}" if _number(v) else str(v) for v in data[key]])
+        keys, rest, ordered = [k for k in keys if k != key], [k for k in rest if k != key], _number(data[key].iloc[0])
+        notes.insert(0, data["defense"].iloc[0] if "defense" in data else "")
     data, at = slice_rest(data, rest)
     notes = [context(data, keys), *notes, at, _spread(data, keys)]
-    return data, keys, clips <= 1 or noises <= 1, [n for n in notes if n]
+    return data, keys, ordered, [n for n in notes if n]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _levels(data: pd.DataFrame) -> list[str]:
-    def key(level: str) -> tuple:
-        nums = [float(p.split("=")[1]) for p in level.replace(",", " ").split() if "=" in p]
-        return (level != VANILLA, nums)
-
-    return sorted(data["line"].unique(), key=key)
+    return defense_order(data["line"].unique())
 
 
 def _band(ax: plt.Axes, rows: pd.DataFrame, column: str, *, color, linestyle: str = "-") -> list[float]:
