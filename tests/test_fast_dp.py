@@ -14,7 +14,8 @@ from gsdefense.models import build_model
 from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.checkpoint import Checkpointer
 from gsdefense.training.dp import DPSGDConfig, make_private, private_training
-from gsdefense.training.fast_dp import FastDPOptimizer, resolve_mode
+from gsdefense.training.engine import resolve_engine
+from gsdefense.training.fast_dp import FastDPOptimizer
 from gsdefense.training.loop import train
 from gsdefense.training.optim import SGDConfig
 
@@ -114,11 +115,11 @@ def test_noise_std_is_noise_times_clip_and_streams_are_seeded():
 
 
 def test_auto_picks_bk_for_every_gsdefense_model_and_vmap_otherwise():
-    assert all(resolve_mode("auto", _model(name)) == "bk" for name in SHAPES)
+    assert all(resolve_engine("auto", _model(name)) == "bk" for name in SHAPES)
     odd = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
-    assert resolve_mode("auto", odd) == "vmap"
+    assert resolve_engine("auto", odd) == "vmap"
     with pytest.raises(ConfigError, match="LayerNorm"):
-        resolve_mode("bk", odd)
+        resolve_engine("bk", odd)
 
 
 def test_empty_batch_is_a_pure_noise_step_that_the_accountant_counts():

@@ -12,21 +12,19 @@ accountant; with ``optimizer=adam`` the same wrapper gives DP-Adam.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 from torch.utils.data import DataLoader, TensorDataset
 
 from gsdefense.errors import ConfigError
 from gsdefense.registry import Registry
+from gsdefense.training.accounting import PrivateTraining, rdp_epsilon
 from gsdefense.training.adaptive import AdaptiveDPConfig, AdaptiveDPOptimizer
-from gsdefense.training.fast_dp import FAST_MODES, make_fast_private
+from gsdefense.training.engine import GRAD_SAMPLE_MODES, OPACUS_MODES, poisson_rate, resolve_engine
+from gsdefense.training.fast_dp import make_fast_private
 
 # Opacus' full backward hooks fire on the first layer although inputs need no grad: harmless, and noisy.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -34,8 +32,7 @@ warnings.filterwarnings("ignore", message="Secure RNG turned off")
 
 DP: Registry[object] = Registry("dp")
 ACCOUNTANTS = ("rdp", "prv", "gdp")
-OPACUS_MODES = ("hooks", "functorch")
-GRAD_SAMPLE_MODES = (*FAST_MODES, *OPACUS_MODES)
+__all__ = ["DP", "DPSGDConfig", "NoDPConfig", "PrivateTraining", "dp_config", "private_training", "rdp_epsilon"]
 
 
 @dataclass
@@ -65,7 +62,7 @@ def _dpsgd(cfg: DPSGDConfig) -> DPSGDConfig:
         raise ConfigError(
             "dp.clip", f"must be > 0 (got {cfg.clip}).", "pass the max per-sample gradient norm, e.g. 1.0."
         )
-    if cfg.noise < 0:
+    if not cfg.noise >= 0:
         raise ConfigError("dp.noise", f"must be >= 0 (got {cfg.noise}).", "pass the noise multiplier σ, e.g. 1.0.")
     if not 0 < cfg.delta < 1:
         raise ConfigError("dp.delta", f"must be in (0, 1) (got {cfg.delta}).")
@@ -81,45 +78,6 @@ def dp_config(node) -> DPSGDConfig | AdaptiveDPConfig | None:
     return DP.builder(node)(DP.config(node))
 
 
-@dataclass
-class PrivateTraining:
-    """What ``make_private`` hands the training loop."""
-
-    module: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    engine: PrivacyEngine
-    sample_rate: float
-    delta: float
-    adaptive: bool = False
-
-    def epsilon(self) -> float | None:
-        if self.adaptive:
-            return None
-        if isinstance(self.engine.accountant, RDPAccountant):
-            return rdp_epsilon(self.engine.accountant.history, delta=self.delta)
-        return float(self.engine.get_epsilon(self.delta))
-
-
-@functools.lru_cache(maxsize=1024)
-def _rdp_one_step(sample_rate: float, noise_multiplier: float) -> np.ndarray:
-    return rdp_analysis.compute_rdp(
-        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
-    )
-
-
-def rdp_epsilon(history: list, *, delta: float) -> float:
-    """Opacus' RDP ε, bit for bit, with the per-step RDP curve of each (σ, q) cached.
-
-    Opacus recomputes RDP(α) of the subsampled Gaussian for every α on every call (~0.1 s);
-    RDP composes additively, RDP_k(α) = k · RDP_1(α), which is exactly how Opacus scales it.
-    """
-    if not history:
-        return 0.0
-    rdp = sum([_rdp_one_step(q, sigma) * steps for sigma, q, steps in history])
-    eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
-    return float(eps)
-
-
 def make_private(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -129,27 +87,30 @@ def make_private(
     batch_size: int,
     noise_generator: torch.Generator,
 ) -> PrivateTraining:
-    """Wrap model and optimizer for DP-SGD with Poisson rate ``q = 1/ceil(n/batch_size)``.
+    """Wrap model and optimizer with Opacus (``hooks``/``functorch``) at the rate of ``engine.poisson_rate``.
 
-    Opacus wants a DataLoader only to read ``q`` and the expected batch size; the
-    loop samples its Poisson batches on the device at that same rate instead of
-    iterating Opacus' per-sample Python loader.
+    Opacus wants a DataLoader only to read q and the expected batch size; the loop samples its Poisson
+    batches on the device instead of iterating Opacus' per-sample Python loader. The index loader has
+    exactly ⌈n/B⌉ batches, so q = 1/⌈n/B⌉ as in every engine (Opacus' DPDataLoader would give
+    1/int(1/q), which is 1/(k−1) for some k, e.g. 93).
     """
     if cfg.grad_sample_mode not in OPACUS_MODES:
-        raise ValueError(f"make_private is the Opacus route ({OPACUS_MODES}); use private_training for {FAST_MODES}")
+        raise ValueError(f"make_private is the Opacus route ({OPACUS_MODES}); use private_training otherwise")
+    sample_rate, expected_batch_size = poisson_rate(n_train, batch_size)
     engine = PrivacyEngine(accountant=cfg.accountant)
     index_loader = DataLoader(TensorDataset(torch.arange(n_train)), batch_size=batch_size)
-    module, dp_optimizer, loader = engine.make_private(
+    module, dp_optimizer, _ = engine.make_private(
         module=model,
         optimizer=optimizer,
         data_loader=index_loader,
         noise_multiplier=cfg.noise,
         max_grad_norm=cfg.clip,
-        poisson_sampling=True,
+        poisson_sampling=False,  # the loop samples; q stays exactly 1/len(index_loader)
         noise_generator=noise_generator,
         grad_sample_mode=cfg.grad_sample_mode,
     )
-    sample_rate = 1.0 / len(loader)
+    module.forbid_grad_accumulation()
+    assert dp_optimizer.expected_batch_size == expected_batch_size
     adaptive = isinstance(cfg, AdaptiveDPConfig)
     if adaptive:
         # Same clipping and noise machinery, only the noise std changes per epoch.
@@ -181,8 +142,9 @@ def private_training(
     batch_size: int,
     noise_generator: torch.Generator,
 ) -> PrivateTraining:
-    """``make_private`` (Opacus hooks/functorch) or ``make_fast_private`` (bk/vmap/auto), per ``cfg``."""
+    """The DP route ``engine.resolve_engine`` picks for ``model`` (which also validates it for DP)."""
+    engine = resolve_engine(cfg.grad_sample_mode, model)
     kwargs = dict(cfg=cfg, n_train=n_train, batch_size=batch_size, noise_generator=noise_generator)
-    if cfg.grad_sample_mode in OPACUS_MODES:
+    if engine in OPACUS_MODES:
         return make_private(model, optimizer, **kwargs)
-    return make_fast_private(model, optimizer, adaptive=isinstance(cfg, AdaptiveDPConfig), **kwargs)
+    return make_fast_private(model, optimizer, mode=engine, adaptive=isinstance(cfg, AdaptiveDPConfig), **kwargs)

@@ -10,9 +10,9 @@ drawn per parameter, in ``model.parameters()`` order, with the same
 ``torch.normal`` calls Opacus makes, so the same generator gives the same noise;
 and each step is booked with Opacus' accountant as ``(σ, q)``, so ε is Opacus' ε.
 
-``auto`` picks per model (measured on CPU, see ``benchmarks/speed.py``): ``bk`` when
-every trainable layer is a Linear, Conv2d or GroupNorm (lr, mlp, cnn, resnet18),
-else ``vmap``.
+``gsdefense.training.engine`` picks the engine (``auto``: ``bk`` when every trainable
+layer is a Linear, Conv2d or GroupNorm, else ``vmap``; measured on CPU, see
+``benchmarks/speed.py``), validates the model for DP, and gives q.
 """
 
 from __future__ import annotations
@@ -21,21 +21,10 @@ import torch
 from opacus import PrivacyEngine
 from torch import nn
 
-from gsdefense.errors import ConfigError
+from gsdefense.training.accounting import PrivateTraining
 from gsdefense.training.adaptive import NoiseTracker
-from gsdefense.training.per_sample import BookKeepingClippedSum, VmapClippedSum, bk_unsupported
-
-FAST_MODES = ("auto", "bk", "vmap")
-
-
-def resolve_mode(mode: str, model: nn.Module) -> str:
-    """``auto`` → ``bk`` where book-keeping supports every trainable layer, else ``vmap``."""
-    reason = bk_unsupported(model)
-    if mode == "bk" and reason is not None:
-        raise ConfigError("dp.grad_sample_mode", f"bk cannot handle this model: {reason}.", "use vmap or auto.")
-    if mode != "auto":
-        return mode
-    return "bk" if reason is None else "vmap"
+from gsdefense.training.engine import poisson_rate
+from gsdefense.training.per_sample import BookKeepingClippedSum, VmapClippedSum
 
 
 class FastDPOptimizer:
@@ -114,31 +103,25 @@ class FastDPOptimizer:
         self.noise_multiplier = self.tracker.load(state)
 
 
-def poisson_rate(n_train: int, batch_size: int) -> tuple[float, int]:
-    """Opacus' DPDataLoader rate q = 1/ceil(n/batch_size), and its expected batch size int(q·n)."""
-    sample_rate = 1.0 / -(-n_train // batch_size)
-    return sample_rate, int(n_train * sample_rate)
-
-
 def make_fast_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     *,
     cfg,
+    mode: str,
     n_train: int,
     batch_size: int,
     noise_generator: torch.Generator,
     adaptive: bool,
-):
-    """The fast twin of ``dp.make_private``: same q = 1/ceil(n/batch_size), same accountant, no hooks."""
-    from gsdefense.training.dp import PrivateTraining
-
+) -> PrivateTraining:
+    """The hook-free twin of ``dp.make_private`` for ``mode`` (``bk`` or ``vmap``, as ``engine.resolve_engine``
+    chose): same q, same accountant, no hooks."""
     sample_rate, expected_batch_size = poisson_rate(n_train, batch_size)
     engine = PrivacyEngine(accountant=cfg.accountant)
     fast = FastDPOptimizer(
         optimizer,
         model=model,
-        mode=resolve_mode(cfg.grad_sample_mode, model),
+        mode=mode,
         noise_multiplier=cfg.noise,
         max_grad_norm=cfg.clip,
         expected_batch_size=expected_batch_size,

@@ -32,9 +32,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from gsdefense.telemetry import GradientProbe
+from gsdefense.training.accounting import PrivateTraining
 from gsdefense.training.checkpoint import Checkpointer
-from gsdefense.training.dp import DPSGDConfig, PrivateTraining
-from gsdefense.training.fast_dp import poisson_rate
+from gsdefense.training.dp import DPSGDConfig
+from gsdefense.training.engine import check_dp_model, poisson_rate
 from gsdefense.training.loop import Evaluate, TrainResult, epoch_range, poisson_batches, vanilla_batches
 from gsdefense.training.optim import AdamConfig, SGDConfig
 from gsdefense.training.per_sample import BookKeepingClippedSum
@@ -86,6 +87,8 @@ def train_fused(
     first = members[0]
     dp, schedule = first.dp, first.optimizer
     device, n = x.device, len(y)
+    if dp is not None:
+        check_dp_model(first.model)  # as every route does; members share the architecture
     sample_rate, expected_batch = poisson_rate(n, schedule.batch_size)
     states = [_Member(m, sample_rate=sample_rate, device=device) for m in members]
     stacked = stack_models([m.model for m in members])

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from gsdefense.telemetry import GradientProbe
 from gsdefense.training.checkpoint import Checkpointer
 from gsdefense.training.dp import DPSGDConfig, private_training
+from gsdefense.training.engine import steps_per_epoch
 from gsdefense.training.fast_dp import FastDPOptimizer
 from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig
 
@@ -54,7 +55,7 @@ def vanilla_batches(n: int, batch_size: int, *, generator: torch.Generator, devi
 
 
 def poisson_batches(n: int, sample_rate: float, *, generator: torch.Generator, device: torch.device):
-    for _ in range(round(1 / sample_rate)):
+    for _ in range(steps_per_epoch(sample_rate)):
         yield (torch.rand(n, generator=generator, device=device) < sample_rate).nonzero().squeeze(1)
 
 

@@ -72,25 +72,32 @@ def _member_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.bmm(c.unsqueeze(1), g.reshape(m, b, -1)).view(m, *g.shape[1:])
 
 
+def _trains(m: nn.Module) -> tuple[bool, bool]:
+    """Whether the layer's weight and bias are trained (frozen parameters get no gradient, no norm, no noise)."""
+    weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+    return weight is not None and weight.requires_grad, bias is not None and bias.requires_grad
+
+
 def _linear(m: nn.Linear, a: torch.Tensor, b: torch.Tensor):
+    w_on, b_on = _trains(m)
     if a.dim() == 2:  # ghost norm: ‖b aᵀ‖² = ‖a‖²‖b‖², and ‖bias grad‖² = ‖b‖²
         b_sq = (b * b).sum(1)
-        sq = b_sq * ((a * a).sum(1) + 1.0) if m.bias is not None else b_sq * (a * a).sum(1)
+        sq = b_sq * ((a * a).sum(1) * w_on + b_on)
 
         def ghost_weighted(c):
             members = len(c)
             cb = (b * c.reshape(-1, 1)).view(members, -1, b.shape[-1])
-            w = torch.bmm(cb.transpose(1, 2), a.view(members, -1, a.shape[-1]))
-            return [w] + ([cb.sum(1)] if m.bias is not None else [])
+            w = [torch.bmm(cb.transpose(1, 2), a.view(members, -1, a.shape[-1]))] if w_on else []
+            return w + ([cb.sum(1)] if b_on else [])
 
         return sq, ghost_weighted
     a, b = a.reshape(len(a), -1, a.shape[-1]), b.reshape(len(b), -1, b.shape[-1])  # (B, T, in), (B, T, out)
-    gw = torch.einsum("bto,bti->boi", b, a)
-    gb = b.sum(1) if m.bias is not None else None
-    sq = gw.pow(2).sum((1, 2)) + (gb.pow(2).sum(1) if gb is not None else 0.0)
+    gw = torch.einsum("bto,bti->boi", b, a) if w_on else None
+    gb = b.sum(1) if b_on else None
+    sq = (gw.pow(2).sum((1, 2)) if gw is not None else 0.0) + (gb.pow(2).sum(1) if gb is not None else 0.0)
 
     def weighted(c):
-        return [_member_sum(c, gw)] + ([_member_sum(c, gb)] if gb is not None else [])
+        return [_member_sum(c, g) for g in (gw, gb) if g is not None]
 
     return sq, weighted
 
@@ -108,43 +115,45 @@ def _unfold(x: torch.Tensor, m: nn.Conv2d) -> torch.Tensor:
 
 
 def _conv2d(m: nn.Conv2d, x: torch.Tensor, out_grad: torch.Tensor):
+    w_on, b_on = _trains(m)
     n = len(x)
-    a = _unfold(x, m)  # (B, k, L)
     b = out_grad.reshape(n, out_grad.shape[1], -1)  # (B, o, L)
-    k, o, length = a.shape[1], b.shape[1], a.shape[2]
-    gb = b.sum(2) if m.bias is not None else None
-    # Materialising g_i costs B·o·k memory; the ghost norm B·L² and, per sample, fewer flops when L(k+o) < k·o.
-    if k * o >= 1 << 16 and length * (k + o) < k * o:
-        sq = (torch.bmm(a.transpose(1, 2), a) * torch.bmm(b.transpose(1, 2), b)).sum((1, 2))
+    gb = b.sum(2) if b_on else None
+    sq = (gb * gb).sum(1) if gb is not None else torch.zeros(n, device=x.device, dtype=x.dtype)
+    weight_sum = None
+    if w_on:
+        a = _unfold(x, m)  # (B, k, L)
+        k, o, length = a.shape[1], b.shape[1], a.shape[2]
+        # Materialising g_i costs B·o·k memory; the ghost norm B·L² and, per sample, fewer flops when L(k+o) < k·o.
+        if k * o >= 1 << 16 and length * (k + o) < k * o:
+            sq = sq + (torch.bmm(a.transpose(1, 2), a) * torch.bmm(b.transpose(1, 2), b)).sum((1, 2))
 
-        def weight_sum(c):
-            members = len(c)
-            cb = (b * c.reshape(-1, 1, 1)).view(members, -1, o, length)
-            return torch.einsum("mbol,mbkl->mok", cb, a.view(members, -1, k, length))
+            def weight_sum(c):
+                members = len(c)
+                cb = (b * c.reshape(-1, 1, 1)).view(members, -1, o, length)
+                return torch.einsum("mbol,mbkl->mok", cb, a.view(members, -1, k, length))
 
-    else:
-        gw = torch.bmm(b, a.transpose(1, 2)).view(n, -1)  # (B, o·k)
-        sq = (gw * gw).sum(1)
+        else:
+            gw = torch.bmm(b, a.transpose(1, 2)).view(n, -1)  # (B, o·k)
+            sq = sq + (gw * gw).sum(1)
 
-        def weight_sum(c):
-            return _member_sum(c, gw)
-
-    if gb is not None:
-        sq = sq + (gb * gb).sum(1)
+            def weight_sum(c):
+                return _member_sum(c, gw)
 
     def weighted(c):
-        w = weight_sum(c).reshape(len(c), *m.weight.shape[-4:])
-        return [w] + ([_member_sum(c, gb)] if gb is not None else [])
+        w = [weight_sum(c).reshape(len(c), *m.weight.shape[-4:])] if weight_sum is not None else []
+        return w + ([_member_sum(c, gb)] if gb is not None else [])
 
     return sq, weighted
 
 
 def _group_norm(m: nn.GroupNorm, x: torch.Tensor, out_grad: torch.Tensor):
-    xhat = F.group_norm(x.detach(), m.num_groups, eps=m.eps)
+    w_on, b_on = _trains(m)
     dims = tuple(range(2, x.dim()))
-    gw, gb = (xhat * out_grad).sum(dims), out_grad.sum(dims)
-    sq = gw.pow(2).sum(1) + gb.pow(2).sum(1)
-    return sq, lambda c: [_member_sum(c, gw), _member_sum(c, gb)]
+    gw = (F.group_norm(x.detach(), m.num_groups, eps=m.eps) * out_grad).sum(dims) if w_on else None
+    gb = out_grad.sum(dims) if b_on else None
+    sq = sum(g.pow(2).sum(1) for g in (gw, gb) if g is not None)
+    return sq, lambda c: [_member_sum(c, g) for g in (gw, gb) if g is not None]
 
 
 LAYERS = {

@@ -27,12 +27,17 @@ from torch.func import stack_module_state
 from torch.nn import functional as F
 
 
+def _parameter(stacked: torch.Tensor | None, like: torch.Tensor | None) -> nn.Parameter | None:
+    """The stacked tensor as a parameter that is trained exactly when the original is (frozen stays frozen)."""
+    return None if stacked is None else nn.Parameter(stacked, requires_grad=like.requires_grad)
+
+
 class StackedLinear(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.members = weight.shape[0]
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias) if bias is not None else None
+        self.weight = _parameter(weight, linear.weight)
+        self.bias = _parameter(bias, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(self.members, -1, x.shape[-1])  # (M, rows per member, in)
@@ -49,8 +54,8 @@ class StackedConv2d(nn.Module):
             conv.kernel_size, conv.stride, conv.padding, conv.dilation
         )  # fmt: skip
         self.groups, self.padding_mode = conv.groups, conv.padding_mode
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias) if bias is not None else None
+        self.weight = _parameter(weight, conv.weight)
+        self.bias = _parameter(bias, conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, (n, c, h, w) = self.members, x.shape
@@ -67,7 +72,7 @@ class StackedGroupNorm(nn.Module):
         super().__init__()
         self.members = weight.shape[0]
         self.num_groups, self.eps, self.affine = norm.num_groups, norm.eps, True
-        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+        self.weight, self.bias = _parameter(weight, norm.weight), _parameter(bias, norm.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, n = self.members, len(x)
@@ -98,7 +103,7 @@ def stack_models(models: list[nn.Module]) -> StackedModel:
         w = params[f"{name}.weight"].detach().clone()
         b = params[f"{name}.bias"].detach().clone() if f"{name}.bias" in params else None
         if isinstance(module, nn.Linear):
-            twin: nn.Module = StackedLinear(w, b)
+            twin: nn.Module = StackedLinear(module, w, b)
         elif isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
             twin = StackedConv2d(module, w, b)
         elif isinstance(module, nn.GroupNorm) and module.affine:
