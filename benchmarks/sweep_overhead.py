@@ -7,8 +7,9 @@ Each sweep runs as a user runs it, ``python launch.py -m …`` in a fresh proces
 and sweep dir, but through a driver (this file, ``--driver``) that wraps the functions of each phase with
 timers before handing over to launch.py: nothing in gsdefense or Hydra is edited. Every moment of the process
 is booked to the innermost phase running then (exclusive times; they add up to the wall time), with two
-exceptions: training and evaluation inside a reference count as references, and compositions inside Hydra's
-sweeper validation pass count as that pass. The phases and the functions that open them:
+exceptions: training and evaluation inside a reference count as references, compositions inside Hydra's
+sweeper validation pass count as that pass, and a checkpoint's file writes count as checkpoints. The phases
+and the functions that open them:
 
 - process start, process exit: before the driver's first line and after its last (interpreter start-up,
   teardown), from the parent's clock;
@@ -22,8 +23,8 @@ sweeper validation pass count as that pass. The phases and the functions that op
 - training: ``training.loop.train``, ``training.fused.train_fused``; evaluation: ``metrics.evaluate`` (per
   epoch) and ``run.finish`` (final losses); telemetry: ``GradientProbe.measure``;
 - references: ``run.reference_accuracy``, ``fuse.train_references``;
-- outputs: ``io.write_json``/``write_csv``/``atomic_write`` (metrics, history, model, checkpoints),
-  ``Checkpointer.load``/``clear``, the sweep summary callback;
+- outputs: ``io.write_json``/``write_csv``/``atomic_write`` (metrics, history, model, telemetry exports), the
+  sweep summary callback; checkpoints: ``Checkpointer.save``/``load``/``clear`` (per-epoch checkpoints);
 - other: everything else (Hydra's start-up and plugin scan, launcher and logging code, …).
 
 A hook whose function is missing (renamed by later work) is reported and its time lands in the enclosing
@@ -75,14 +76,19 @@ HOOKS = {
     "telemetry": [("gsdefense.telemetry", "GradientProbe.measure")],
     "references": [("gsdefense.run", "reference_accuracy"), ("gsdefense.fuse", "train_references")],
     "outputs": [("gsdefense.io", "write_json"), ("gsdefense.io", "write_csv"), ("gsdefense.io", "atomic_write"),
-                ("gsdefense.training.checkpoint", "Checkpointer.load"),
-                ("gsdefense.training.checkpoint", "Checkpointer.clear"),
                 ("gsdefense.callbacks", "SweepSummary.on_multirun_end")],
+    "checkpoints": [("gsdefense.training.checkpoint", "Checkpointer.save"),
+                    ("gsdefense.training.checkpoint", "Checkpointer.load"),
+                    ("gsdefense.training.checkpoint", "Checkpointer.clear")],
 }  # fmt: skip
-ABSORB = {"references": {"training", "evaluation", "telemetry"}, "Hydra validation pass": {"Hydra compose"}}
+ABSORB = {
+    "references": {"training", "evaluation", "telemetry"},
+    "Hydra validation pass": {"Hydra compose"},
+    "checkpoints": {"outputs"},
+}
 ORDER = ["process start", "process exit", "imports", "Hydra compose", "Hydra validation pass", "Hydra job setup",
          "config hashing", "grouping", "validation", "data", "poisoning", "training", "evaluation", "telemetry",
-         "references", "outputs", "other"]  # fmt: skip
+         "references", "outputs", "checkpoints", "other"]  # fmt: skip
 PREIMPORT = ["hydra", "hydra._internal.config_loader_impl", "hydra._internal.core_plugins.basic_launcher",
              "hydra._internal.core_plugins.basic_sweeper", "hydra.plugins.sweeper", "hydra.core.utils",
              "hydra_plugins.gsdefense_fused.fused_launcher", "gsdefense.launch", "gsdefense.run", "gsdefense.fuse",
@@ -214,8 +220,10 @@ def run_sweep(args: list[str], *, epochs: int, tmp: Path, label: str, profile_di
 
 def breakdown_md(sweep: dict) -> str:
     s, wall = sweep["seconds"], sweep["wall_s"]
+    train, refs = s.get("training", 0), s.get("references", 0)
     lines = [f"`python launch.py -m {' '.join(sweep['args'])} optimizer.epochs={sweep['epochs']}`: {sweep['runs']} "
-             f"runs, {wall:.1f} s wall, {s.get('training', 0) / wall:.0%} in training.", "",
+             f"runs, {wall:.1f} s wall, {train / wall:.0%} in training ({(train + refs) / wall:.0%} with the "
+             "references).", "",
              "| phase | s | share | calls |", "|---|---|---|---|"]  # fmt: skip
     for phase in ORDER + sorted(set(s) - set(ORDER)):
         if phase in s:
