@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speed import _data, _model, rss_kib  # noqa: E402
 
-from gsdefense.training.dp import DPSGDConfig, _rdp_one_step  # noqa: E402
+from gsdefense.training.accounting import _rdp_one_step  # noqa: E402
+from gsdefense.training.dp import DPSGDConfig  # noqa: E402
 from gsdefense.training.fused import FusedMember, train_fused  # noqa: E402
 from gsdefense.training.loop import train  # noqa: E402
 from gsdefense.training.optim import SGDConfig  # noqa: E402
