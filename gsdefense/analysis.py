@@ -210,8 +210,8 @@ def _read_run(run_dir: Path, stamp: tuple) -> dict[str, Any]:  # stamp: only a c
     """One run's row: config columns, metrics, ``status``, ``error``, ``run_dir``. Never raises.
 
     A metrics.json whose ``run_id`` is not this config's id is ``stale`` and its numbers are dropped. A config that
-    cannot be read or identified, or a metrics.json of the wrong form, is ``invalid``; ``failed`` runs whose config
-    could not be identified when they ran (``run_id`` null) stay ``failed``.
+    cannot be read or identified, or a metrics.json of the wrong form, is ``invalid``; a ``failed`` run whose
+    config cannot be identified (a config error: its run failed as it should) stays ``failed``.
     """
     run_dir = Path(run_dir)
     where = {"run_dir": str(run_dir)}
@@ -227,6 +227,8 @@ def _read_run(run_dir: Path, stamp: tuple) -> dict[str, Any]:  # stamp: only a c
     try:
         ident = config_run_id(cfg)
     except Exception as err:  # noqa: BLE001 - a config run_id cannot hash is reported, never raised
+        if status == "failed":  # an invalid config that failed, as it should: its own record says why
+            return {**record, **metrics, **where}
         problem = f"cannot compute this config's run_id: {_one_line(err)}"
         return {**record, "status": "invalid", "error": problem, **where}
     if recorded is None:

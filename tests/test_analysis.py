@@ -226,8 +226,13 @@ def test_odd_run_folders_are_invalid_with_a_reason(sweep: Path, tmp_path: Path) 
     cfg = OmegaConf.load(unhashable / ".hydra" / "config.yaml")
     cfg.dp.clip = -1.0  # run_id validates the typed config: this one cannot be identified
     OmegaConf.save(cfg, unhashable / ".hydra" / "config.yaml")
+    refused = shutil.copytree(sweep / "0", odd / "refused")  # a config error, recorded as such by its run
+    cfg.dp.clip = -1.0
+    OmegaConf.save(cfg, refused / ".hydra" / "config.yaml")
+    failure = {"run_id": "0123456789abcdef0123", "status": "failed", "error": "ConfigError: dp.clip: must be > 0"}
+    (refused / "metrics.json").write_text(json.dumps(failure))
     df = load_runs([sweep, odd]).set_index("run_dir")
-    assert len(df) == 7
+    assert len(df) == 8
     row = lambda name: df.loc[str((odd / name).resolve())]  # noqa: E731
     assert row("corrupt_config")["status"] == "invalid" and "config.yaml" in row("corrupt_config")["error"]
     assert row("string_metric")["status"] == "invalid"
@@ -235,6 +240,7 @@ def test_odd_run_folders_are_invalid_with_a_reason(sweep: Path, tmp_path: Path) 
     assert np.isnan(row("string_metric")["clean_acc"]) and pd.api.types.is_float_dtype(df["clean_acc"])
     assert row("bad_config")["status"] == "invalid" and "run_id" in row("bad_config")["error"]
     assert "dp.clip" in row("bad_config")["error"]
+    assert row("refused")["status"] == "failed" and row("refused")["error"] == failure["error"]
 
 
 def test_env_dependent_values_are_never_raw_interpolations(sweep: Path, tmp_path: Path) -> None:
