@@ -334,3 +334,16 @@ def test_gradient_telemetry_draws_one_line_per_swept_intensity() -> None:
     assert legend_texts(fig)[:6] == [f"alpha={a:g}" for a in alphas]
     assert "vanilla" in fig.get_suptitle()
     assert_readable(fig)
+
+
+@pytest.mark.parametrize("spec", plots.FIGURES, ids=lambda spec: spec.name)
+def test_every_registered_figure_is_readable_or_says_why(spec: plots.FigureSpec) -> None:
+    """Any figure in FIGURES (new ones included): drawn without colliding text, or skipped in one named line."""
+    for shape in ("fig4a", "grid"):
+        frame = preset_runs(shape) if spec.source == "runs" else preset_history(shape, epochs=8)
+        try:
+            fig = spec.make(frame)
+        except ValueError as err:
+            assert str(err).startswith(f"{spec.name}: ") and "\n" not in str(err)
+            continue
+        assert_readable(fig)
