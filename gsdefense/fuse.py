@@ -33,6 +33,7 @@ from gsdefense.run import (
     record_failure,
     reference_accuracy,
     reference_entry,
+    reference_evaluate,
     reference_spec,
     run,
 )  # fmt: skip
@@ -165,10 +166,9 @@ def _train_group(jobs: list[_Job], start: float) -> list[dict]:
     out = []
     for job, p, result, member in zip(jobs, poisoned, results, members):
         plan = job.plan
-        acc_ref = reference_accuracy(plan, dp=None)
-        acc_ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else acc_ref
-        m = finish(plan, p, result, job.output_dir, acc_ref=acc_ref, acc_ref_dp=acc_ref_dp,
-                   save_model=job.cfg.save_model)  # fmt: skip
+        ref = reference_accuracy(plan, dp=None)
+        ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else ref
+        m = finish(plan, p, result, job.output_dir, ref=ref, ref_dp=ref_dp, save_model=job.cfg.save_model)
         m["fused_group_size"] = len(jobs)
         out.append(complete(m, ident=job.ident, start=start, plan=plan, output_dir=job.output_dir,
                             checkpointer=member.checkpointer))  # fmt: skip
@@ -188,7 +188,8 @@ def train_references(plans: list[Plan]) -> None:
         if len(todo) < 2:
             continue  # reference_accuracy trains a lone one as a separate run would
         members = [FusedMember(model=plan.build_model(), optimizer=plan.optimizer, dp=dp, noise_seed=noise_seed(key),
-                               desc="reference") for key, (plan, dp, _) in todo]  # fmt: skip
+                               desc="reference", evaluate=reference_evaluate(plan))
+                   for key, (plan, dp, _) in todo]  # fmt: skip
         plan0 = todo[0][1][0]
         log.info("training %d clean references fused", len(todo))
         results = train_fused(members, plan0.data.x_train, plan0.data.y_train, seed=plan0.seed, desc="reference")

@@ -42,13 +42,36 @@ def reference_spec(plan: Plan, *, dp) -> dict:
     return dict(plan.spec, dp=dataclasses.asdict(dp) if dp else None, scenario=dataclasses.asdict(plan.scenario))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Clean test accuracy of a reference model: at its final epoch, and at its best epoch (Hong's code)."""
+
+    clean_acc: float | None
+    best_clean_acc: float | None
+
+
+def reference_evaluate(plan: Plan) -> Callable[[torch.nn.Module], dict]:
+    """Per-epoch clean accuracy of a reference model (for its best epoch)."""
+    return lambda model: {"clean_acc": M.accuracy(M.predict(model, plan.data.x_test), plan.data.y_test)}
+
+
+def best(history: list[dict], key: str = "clean_acc") -> float | None:
+    return max((r[key] for r in history if r.get(key) is not None), default=None)
+
+
 def reference_entry(plan: Plan, result: TrainResult) -> dict:
     if result.status != "ok":
-        return {"clean_acc": None, "status": result.status}
-    return {"clean_acc": M.accuracy(M.predict(result.model, plan.data.x_test), plan.data.y_test), "status": "ok"}
+        return {"clean_acc": None, "best_clean_acc": None, "status": result.status}
+    final = M.accuracy(M.predict(result.model, plan.data.x_test), plan.data.y_test)
+    return {"clean_acc": final, "best_clean_acc": best(result.history), "status": "ok"}
 
 
-def reference_accuracy(plan: Plan, *, dp) -> float | None:
+def _check_reference(entry: dict) -> None:
+    if not {"clean_acc", "best_clean_acc", "status"} <= set(entry):
+        raise ValueError("it lacks clean_acc, best_clean_acc or status")
+
+
+def reference_accuracy(plan: Plan, *, dp) -> Reference:
     """Clean test accuracy of the same setup (scenario included) trained without poison; cached."""
     spec = reference_spec(plan, dp=dp)
     label = "reference" + ("-dp" if dp else "")
@@ -56,11 +79,11 @@ def reference_accuracy(plan: Plan, *, dp) -> float | None:
     def compute() -> dict:
         seed = noise_seed(cache_key("reference", spec))
         return reference_entry(plan, fit(plan, plan.data.x_train, plan.data.y_train, dp=dp, desc=label,
-                                         noise_seed=seed))  # fmt: skip
+                                         noise_seed=seed, evaluate=reference_evaluate(plan)))  # fmt: skip
 
-    entry, hit = cached_json(plan.cache_dir, "reference", spec, compute)
+    entry, hit = cached_json(plan.cache_dir, "reference", spec, compute, check=_check_reference)
     log.info("%s clean_acc=%s (%s)", label, entry["clean_acc"], "cached" if hit else "trained")
-    return entry["clean_acc"]
+    return Reference(entry["clean_acc"], entry["best_clean_acc"])
 
 
 def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
@@ -86,10 +109,9 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
         poisoned = poison(plan)
         result = fit(plan, poisoned.x, poisoned.y, dp=plan.dp, desc="train", evaluate=poisoned.evaluate,
                      probe=poisoned.probe(plan), checkpointer=checkpointer, noise_seed=run_noise_seed(cfg))  # fmt: skip
-        acc_ref = reference_accuracy(plan, dp=None)
-        acc_ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else acc_ref
-        metrics = finish(plan, poisoned, result, output_dir, acc_ref=acc_ref, acc_ref_dp=acc_ref_dp,
-                         save_model=cfg.save_model)  # fmt: skip
+        ref = reference_accuracy(plan, dp=None)
+        ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else ref
+        metrics = finish(plan, poisoned, result, output_dir, ref=ref, ref_dp=ref_dp, save_model=cfg.save_model)
     return complete(metrics, ident=ident, start=start, plan=plan, output_dir=output_dir, checkpointer=checkpointer)
 
 
@@ -144,9 +166,13 @@ def poison(plan: Plan) -> Poisoned:
     return Poisoned(poisoned.x, poisoned.y, poisoned.is_poison, poisoned.n_poison, defense_info, evaluate)
 
 
-def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path, *, acc_ref, acc_ref_dp,
-           save_model: bool) -> dict:  # fmt: skip
-    """Evaluate a trained run against its references; write model.pt, history.csv and telemetry exports."""
+def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path, *, ref: Reference,
+           ref_dp: Reference, save_model: bool) -> dict:  # fmt: skip
+    """Evaluate a trained run against its references; write model.pt, history.csv and telemetry exports.
+
+    ``rad`` compares final epochs; ``rad_best`` compares the run's best epoch with its reference's best epoch,
+    as Hong et al.'s ``do_ipoisoning.py`` reports it.
+    """
     ok = result.status == "ok"
     final = result.history[-1] if ok else {}
     model, clean = result.model, ~poisoned.is_poison
@@ -167,14 +193,18 @@ def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path
         "error": None if ok else f"loss became non-finite at epoch {result.diverged_epoch}",
         "diverged_epoch": result.diverged_epoch,
         "clean_acc": final.get("clean_acc"),
-        "best_clean_acc": max((r["clean_acc"] for r in result.history if r.get("clean_acc") is not None), default=None),
+        "best_clean_acc": best(result.history) if ok else None,
         "target_class_acc": final.get("target_class_acc"),
         "asr": final.get("asr"),
         "robust_acc": final.get("robust_acc"),
-        "rad": M.rad(acc_ref, final.get("clean_acc")),
-        "rad_dp_matched": M.rad(acc_ref_dp, final.get("clean_acc")),
-        "acc_ref": acc_ref,
-        "acc_ref_dp_matched": acc_ref_dp,
+        "rad": M.rad(ref.clean_acc, final.get("clean_acc")),
+        "rad_best": M.rad(ref.best_clean_acc, best(result.history) if ok else None),
+        "rad_dp_matched": M.rad(ref_dp.clean_acc, final.get("clean_acc")),
+        "rad_dp_matched_best": M.rad(ref_dp.best_clean_acc, best(result.history) if ok else None),
+        "acc_ref": ref.clean_acc,
+        "acc_ref_best": ref.best_clean_acc,
+        "acc_ref_dp_matched": ref_dp.clean_acc,
+        "acc_ref_dp_matched_best": ref_dp.best_clean_acc,
         **losses,
         **privacy_report(dp=plan.dp, scenario=plan.scenario, epsilon_private=result.epsilon),
         "delta": plan.dp.delta if plan.dp else None,
@@ -192,7 +222,7 @@ def _run_targeted(plan: Plan, output_dir: Path, *, noise_seed: int) -> dict:
     dp = plan.dp
     pre = pretrained(plan, dp=dp if scenario.pretrain_private else None)
     trials = TrialRunner(plan=plan, pre=pre, dp=dp if scenario.retrain_private else None,
-                         acc_ref=reference_accuracy(plan, dp=None), noise_seed=noise_seed)  # fmt: skip
+                         acc_ref=reference_accuracy(plan, dp=None).clean_acc, noise_seed=noise_seed)  # fmt: skip
     extra = plan.attack.evaluate(data=plan.data, context=plan.context, trials=trials, output_dir=output_dir)
     # ε of the private phases: every trial composes the same steps after pretraining; the worst one bounds all
     epsilon = extra.pop("epsilon", None) if trials.dp is not None else pre.epsilon

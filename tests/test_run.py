@@ -13,6 +13,7 @@ from tests.conftest import TINY, compose_cfg
 
 REQUIRED_KEYS = {
     "status", "error", "clean_acc", "best_clean_acc", "target_class_acc", "asr", "rad", "rad_dp_matched",
+    "rad_best", "acc_ref_best", "epsilon_private_phases",
     "train_loss", "clean_train_loss", "poison_train_loss", "epsilon", "delta", "n_train", "n_poison",
     "poison_ratio", "seconds", "device",
 }  # fmt: skip
@@ -29,10 +30,11 @@ def test_default_experiment_is_a_dp_backdoor_run_with_all_metrics(tmp_path):
     metrics, out = _run(tmp_path)
     assert metrics.keys() >= REQUIRED_KEYS
     assert metrics["status"] == "ok" and metrics["error"] is None
-    assert (metrics["n_train"], metrics["n_poison"]) == (1347, 135)
-    assert metrics["poison_ratio"] == pytest.approx(135 / 1347)
+    assert (metrics["n_train"], metrics["n_poison"]) == (1347 + 135, 135)  # badnets appends (Hong §3.1)
+    assert metrics["poison_ratio"] == pytest.approx(135 / 1482)
     assert 0 < metrics["epsilon"] < 10 and metrics["delta"] == 1e-5
-    assert 0.3 < metrics["clean_acc"] <= 1 and 0 <= metrics["asr"] <= 1
+    assert metrics["epsilon_private_phases"] == metrics["epsilon"] and metrics["epsilon_note"] is None
+    assert 0 <= metrics["clean_acc"] <= 1 and 0 <= metrics["asr"] <= 1
     assert metrics["rad"] == pytest.approx((metrics["acc_ref"] - metrics["clean_acc"]) / metrics["acc_ref"])
     assert metrics["rad_dp_matched"] == pytest.approx(
         (metrics["acc_ref_dp_matched"] - metrics["clean_acc"]) / metrics["acc_ref_dp_matched"]
@@ -54,16 +56,22 @@ def test_fixed_seed_gives_identical_numbers(tmp_path):
 
 def test_clean_vanilla_run_is_its_own_reference(tmp_path):
     metrics, _ = _run(tmp_path, "attack=none", "dp=none")
-    assert metrics["rad"] == 0.0 and metrics["rad_dp_matched"] == 0.0
+    assert metrics["rad"] == 0.0 and metrics["rad_dp_matched"] == 0.0 and metrics["rad_best"] == 0.0
     assert metrics["asr"] is None and metrics["n_poison"] == 0 and metrics["poison_train_loss"] is None
     assert metrics["epsilon"] is None and "vanilla" in metrics["epsilon_note"] and metrics["delta"] is None
 
 
 def test_label_flip_hurts_accuracy_and_has_no_asr(tmp_path):
-    metrics, _ = _run(tmp_path, "attack=label_flip", "attack.poison_ratio=0.4", "dp=none", "optimizer.epochs=5")
+    metrics, out = _run(tmp_path, "attack=label_flip", "attack.poison_ratio=0.4", "dp=none", "optimizer.epochs=5")
     assert metrics["asr"] is None
     assert metrics["rad"] > 0.02
     assert metrics["poison_train_loss"] > metrics["clean_train_loss"]
+    # rad_best (Hong's do_ipoisoning.py): the run's best epoch against its reference's best epoch
+    history = [float(r["clean_acc"]) for r in csv.DictReader((out / "history.csv").open())]
+    (entry,) = [json.loads(p.read_text())["result"] for p in (tmp_path / "cache" / "reference").glob("*.json")]
+    assert metrics["best_clean_acc"] == max(history) and metrics["acc_ref_best"] == entry["best_clean_acc"]
+    assert entry["best_clean_acc"] >= entry["clean_acc"] == metrics["acc_ref"]
+    assert metrics["rad_best"] == pytest.approx((entry["best_clean_acc"] - max(history)) / entry["best_clean_acc"])
 
 
 def test_second_run_reuses_cached_references(tmp_path, monkeypatch):
