@@ -56,7 +56,7 @@ if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
 fi
 
 {
-    echo "date: $(date -u +%FT%TZ)  host: $(hostname)  git: $(git rev-parse --short HEAD 2>/dev/null || echo 'no .git here')"
+    echo "date: $(date -u +%FT%TZ)  host: ${HOSTNAME:-?}  git: $(git rev-parse --short HEAD 2>/dev/null || echo 'no .git here')"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null
     python3 -c "import sys, torch, opacus, hydra; print('python', sys.version.split()[0], '| torch', torch.__version__,
 '| cuda', torch.version.cuda, '| cudnn', torch.backends.cudnn.version(), '| opacus', opacus.__version__,
