@@ -293,7 +293,7 @@ def test_sync_counter_sees_known_syncs(device):
 def _one_epoch(kind: str, device, x, y, batch_size: int) -> None:
     opt = SGDConfig(epochs=1, batch_size=batch_size)
     dp = None if kind == "vanilla" else DPSGDConfig(noise=1.0, grad_sample_mode="bk")
-    if kind == "fused":
+    if kind == "fused_dp":
         members = [FusedMember(model=_model("mlp").to(device), optimizer=opt, dp=dp, noise_seed=s) for s in (1, 2)]
         train_fused(members, x, y, seed=0)
     else:
