@@ -19,8 +19,9 @@ from gsdefense.errors import ConfigError
 GROUPS = ("dataset", "model", "attack", "defense", "optimizer", "dp", "scenario")
 SETTINGS = ("telemetry", "seed", "device", "threads", "cache_dir", "save_model", "resume", "checkpoint")
 TOP_LEVEL_KEYS = frozenset(GROUPS) | frozenset(SETTINGS)
-# Where data lives, not what it is: a run does not change when its files move.
-DATA_LOCATION = ("data_dir", "download")
+# Where data lives, not what it is: a run does not change when its files move (and an analysis machine whose
+# GSDEFENSE_DATA_DIR / GSDEFENSE_PURCHASE100 differ still recognises it).
+DATA_LOCATION = ("data_dir", "download", "path")
 MAX_SEED = 2**32 - 1
 
 

@@ -1,9 +1,13 @@
 """Gradient telemetry: the paper's two marks of poisons, measured during training.
 
 Hong et al. §3: poison gradients have larger norms and point elsewhere than
-clean ones; DP-SGD's clipping and noise shrink both differences. On a fixed
-probe of up to ``probe_size`` clean and ``probe_size`` poison training samples,
-per-sample gradients ``g_i`` (``torch.func``: vmap of grad) give
+clean ones; DP-SGD's clipping and noise shrink both differences.
+
+``mode: batches`` (default) measures them as Hong's analysis did, over each
+epoch's actual training batches at their pre-update parameters
+(``gsdefense.telemetry_batches``). ``mode: probe`` measures a fixed probe of up
+to ``probe_size`` clean and ``probe_size`` poison training samples at the end of
+each epoch; its per-sample gradients ``g_i`` give
 
     ḡ_S = mean_{i∈S} g_i                      grad_norm_S = ‖ḡ_S‖
     grad_ratio = ‖ḡ_P‖ / ‖ḡ_C‖                 grad_cosine = cos(ḡ_C, ḡ_P)
@@ -33,11 +37,13 @@ from torch.nn import functional as F
 
 from gsdefense.errors import ConfigError
 from gsdefense.registry import to_dataclass
+from gsdefense.telemetry_batches import BatchTelemetry
 
 
 @dataclass
 class TelemetryConfig:
     enabled: bool = True
+    mode: str = "batches"  # batches: over each epoch's training batches, as Hong's analysis | probe: a fixed probe
     probe_size: int = 64
     scope: str = "last_layer"  # last_layer (the original's analysis, cheap) | all (every parameter, vmap)
     every_n_epochs: int = 1  # measure at the end of every N-th epoch (and the last)
@@ -47,6 +53,10 @@ class TelemetryConfig:
 
 def telemetry_config(node) -> TelemetryConfig:
     cfg = to_dataclass(node, TelemetryConfig, group="telemetry")
+    if cfg.mode not in MODES:
+        raise ConfigError("telemetry.mode", f"unknown mode {cfg.mode!r}.", f"use one of {', '.join(MODES)}.")
+    if cfg.mode == "batches" and cfg.scope != "last_layer":
+        raise ConfigError("telemetry.scope", "mode=batches analyses the last layer only.", "use scope=last_layer.")
     if cfg.probe_size <= 0:
         raise ConfigError("telemetry.probe_size", f"must be > 0 (got {cfg.probe_size}).")
     if cfg.scope not in ("all", "last_layer"):
@@ -56,6 +66,9 @@ def telemetry_config(node) -> TelemetryConfig:
     if cfg.every_n_steps is not None and cfg.every_n_steps <= 0:
         raise ConfigError("telemetry.every_n_steps", f"must be > 0 or null (got {cfg.every_n_steps}).")
     return cfg
+
+
+MODES = ("batches", "probe")
 
 
 def _probe(mask: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -85,6 +98,11 @@ class GradientProbe:
         # its own noise stream: measuring must not change the training run
         self.noise_gen = torch.Generator(device=x.device).manual_seed(cfg.seed + 1)
         self.twin: nn.Module | None = None
+        self.batches: BatchTelemetry | None = None
+        if cfg.mode == "batches":
+            self.batches = BatchTelemetry(y=y, is_poison=is_poison, clips=[clip], noises=[noise],
+                                          generator=self.noise_gen)  # fmt: skip
+        self.capture_by_forward = False  # set by engines whose forward runs under vmap (hooks see no batch)
 
     def attach(self, model: nn.Module) -> None:
         """Keep a hook-free copy of ``model``'s structure; call before Opacus wraps it.
@@ -95,6 +113,39 @@ class GradientProbe:
         """
         if self.cfg.scope == "all":
             self.twin = copy.deepcopy(model).eval()
+        if self.batches is not None:
+            self.batches.attach(model)
+
+    def detach(self) -> None:
+        if self.batches is not None:
+            self.batches.detach()
+
+    def begin_step(self, model: nn.Module, x: torch.Tensor) -> None:
+        """Before a training step: capture the last layer at the pre-update parameters (batches mode)."""
+        if self.batches is None:
+            return
+        self.batches.arm()
+        if self.capture_by_forward:
+            with torch.no_grad():
+                was = model.training
+                model(x)
+                model.train(was)
+
+    def end_step(self, idx: torch.Tensor) -> None:
+        if self.batches is not None:
+            self.batches.record_captured(idx)
+
+    def begin_epoch(self) -> None:
+        if self.batches is not None:
+            self.batches.reset()  # an epoch that was not reported leaves nothing behind
+
+    def measure(self, model: nn.Module) -> dict[str, float | None]:
+        """The epoch's telemetry row: the epoch's batches (batches mode) or the fixed probe now."""
+        if self.batches is not None:
+            out: dict[str, float | None] = dict.fromkeys(COLUMNS)
+            out.update(self.batches.end_epoch()[0])
+            return out
+        return self.probe_row(model)
 
     @torch.no_grad()
     def _last_layer(self, model: nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,7 +183,8 @@ class GradientProbe:
         total += torch.randn(total.shape, generator=self.noise_gen, device=g.device) * (self.noise * self.clip)
         return total / len(g)
 
-    def measure(self, model: nn.Module) -> dict[str, float | None]:
+    def probe_row(self, model: nn.Module) -> dict[str, float | None]:
+        """Telemetry on the fixed probe at the current parameters."""
         was_training = model.training
         model.eval()  # Opacus' hooks stay idle outside train mode
         out: dict[str, float | None] = dict.fromkeys(COLUMNS)

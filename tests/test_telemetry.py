@@ -11,6 +11,11 @@ from torch.nn import functional as F
 
 from gsdefense.run import run
 from gsdefense.telemetry import COLUMNS, GradientProbe, TelemetryConfig
+from gsdefense.training.dp import DPSGDConfig
+from gsdefense.training.engine import poisson_rate
+from gsdefense.training.fused import FusedMember, train_fused
+from gsdefense.training.loop import poisson_batches, train, vanilla_batches
+from gsdefense.training.optim import SGDConfig
 from tests.conftest import TINY, compose_cfg
 
 
@@ -40,7 +45,7 @@ def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scope: str = "all
 def test_raw_statistics_match_a_naive_loop(scope):
     x, y, is_poison = _data()
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-    cfg = TelemetryConfig(probe_size=50, scope=scope)
+    cfg = TelemetryConfig(mode="probe", probe_size=50, scope=scope)
     probe = GradientProbe(cfg, x=x, y=y, is_poison=is_poison, clip=None, noise=None)
     out = probe.measure(model)
     g_c, g_p = _naive(model, x[~is_poison], y[~is_poison], scope), _naive(model, x[is_poison], y[is_poison], scope)
@@ -60,7 +65,7 @@ def test_shaped_means_are_means_of_clipped_gradients_bounded_by_clip(scope):
     x, y, is_poison = _data()
     model = nn.Sequential(nn.Linear(5, 3))
     clip = 1e-3
-    cfg = TelemetryConfig(probe_size=50, scope=scope)
+    cfg = TelemetryConfig(mode="probe", probe_size=50, scope=scope)
     probe = GradientProbe(cfg, x=x, y=y, is_poison=is_poison, clip=clip, noise=0.0)
     out = probe.measure(model)
     g_p = _naive(model, x[is_poison], y[is_poison], scope)
@@ -79,7 +84,7 @@ def test_noise_has_std_noise_times_clip_over_subset_size():
     with torch.no_grad():
         model.weight.zero_()
         model.bias.zero_()
-    cfg = TelemetryConfig(probe_size=30, scope="all")
+    cfg = TelemetryConfig(mode="probe", probe_size=30, scope="all")
     quiet = GradientProbe(cfg, x=x, y=y, is_poison=is_poison, clip=0.5, noise=0.0)
     noisy = GradientProbe(cfg, x=x, y=y, is_poison=is_poison, clip=0.5, noise=2.0)
     g, n = quiet._per_sample(model, quiet.clean_idx)
@@ -116,3 +121,68 @@ def test_telemetry_does_not_change_training(tmp_path):
     on = run(compose_cfg(*TINY), output_dir=tmp_path / "on")
     off = run(compose_cfg(*TINY, "telemetry.enabled=false"), output_dir=tmp_path / "off")
     assert on["clean_acc"] == off["clean_acc"] and on["train_loss"] == off["train_loss"]
+
+
+def _frozen_training(dp: DPSGDConfig | None, *, fused: bool = False):
+    """One epoch with lr 0 (parameters stay at their start, so every batch sees the same weights)."""
+    x, y, is_poison = _data(n_poison=8)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    start = [p.detach().clone() for p in model.parameters()]
+    probe = GradientProbe(TelemetryConfig(mode="batches"), x=x, y=y, is_poison=is_poison,
+                          clip=dp.clip if dp else None, noise=dp.noise if dp else None)  # fmt: skip
+    opt = SGDConfig(lr=0.0, momentum=0.0, batch_size=8, epochs=1)
+    if fused:
+        (result,) = train_fused([FusedMember(model=model, optimizer=opt, dp=dp, noise_seed=3, probe=probe)], x, y,
+                                seed=4)  # fmt: skip
+    else:
+        result = train(model, x, y, optimizer_cfg=opt, dp=dp, seed=4, probe=probe, noise_seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(start, model.parameters()))
+    return result.history[-1], model, (x, y, is_poison)
+
+
+def _naive_batches(model, x, y, is_poison, *, clip: float | None, batches) -> dict[str, float]:
+    """Hong's analysis, naively: per batch, the clean and the poison mean gradient of the last kernel."""
+    sums = {"clean": [], "poison": []}
+    for idx in batches:
+        for name, mask in (("clean", ~is_poison[idx]), ("poison", is_poison[idx])):
+            sel = idx[mask]
+            if len(sel) == 0:
+                continue
+            g = _naive(model, x[sel], y[sel], "last_layer")
+            if clip is not None:
+                g = g * (clip / (g.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)
+            sums[name].append(g.mean(0))
+    m_c, m_p = torch.stack(sums["clean"]).mean(0), torch.stack(sums["poison"]).mean(0)
+    return {"norm_clean": m_c.norm().item(), "norm_poison": m_p.norm().item(),
+            "cosine": F.cosine_similarity(m_c, m_p, dim=0).item()}  # fmt: skip
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("private", [False, True])
+def test_batch_telemetry_equals_a_naive_per_batch_computation(private: bool, fused: bool):
+    dp = DPSGDConfig(clip=0.05, noise=0.0, grad_sample_mode="bk") if private else None
+    row, model, (x, y, is_poison) = _frozen_training(dp, fused=fused)
+    sampler = torch.Generator().manual_seed(4)
+    if private:
+        rate, _ = poisson_rate(len(y), 8)
+        batches = list(poisson_batches(len(y), rate, generator=sampler, device=x.device))
+    else:
+        batches = list(vanilla_batches(len(y), 8, generator=sampler, device=x.device))
+    raw = _naive_batches(model, x, y, is_poison, clip=None, batches=batches)
+    assert row["grad_norm_clean"] == pytest.approx(raw["norm_clean"], rel=1e-4)
+    assert row["grad_norm_poison"] == pytest.approx(raw["norm_poison"], rel=1e-4)
+    assert row["grad_cosine"] == pytest.approx(raw["cosine"], abs=1e-4)
+    shaped = _naive_batches(model, x, y, is_poison, clip=dp.clip if dp else None, batches=batches)
+    assert row["shaped_grad_norm_clean"] == pytest.approx(shaped["norm_clean"], rel=1e-4)
+    assert row["shaped_grad_norm_poison"] == pytest.approx(shaped["norm_poison"], rel=1e-4)
+    assert row["shaped_grad_cosine"] == pytest.approx(shaped["cosine"], abs=1e-4)
+    if private:
+        assert row["shaped_grad_norm_poison"] <= 0.05 + 1e-6
+
+
+def test_batch_telemetry_noise_does_not_touch_training():
+    quiet, model_q, _ = _frozen_training(DPSGDConfig(clip=0.05, noise=0.0, grad_sample_mode="bk"))
+    noisy, model_n, _ = _frozen_training(DPSGDConfig(clip=0.05, noise=1.0, grad_sample_mode="bk"))
+    assert noisy["grad_norm_clean"] == pytest.approx(quiet["grad_norm_clean"], rel=1e-6)  # raw: no noise
+    assert noisy["shaped_grad_norm_clean"] != pytest.approx(quiet["shaped_grad_norm_clean"], rel=1e-3)

@@ -31,7 +31,8 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.nn import functional as F
 
-from gsdefense.telemetry import GradientProbe
+from gsdefense.telemetry import COLUMNS, GradientProbe
+from gsdefense.telemetry_batches import BatchTelemetry
 from gsdefense.training.accounting import PrivateTraining
 from gsdefense.training.checkpoint import Checkpointer
 from gsdefense.training.dp import DPSGDConfig
@@ -104,6 +105,7 @@ def train_fused(
         step, first_epoch = resumed["step"], resumed["epoch"] + 1
         start -= resumed["seconds"]
     probe_every = first.probe.cfg.every_n_steps if first.probe is not None else None
+    shared = _batch_telemetry(members, y, stacked)
     desc = f"{desc} fused×{len(members)}"
     for epoch in epoch_range(first_epoch, schedule.epochs, desc):
         stacked.train()
@@ -113,11 +115,17 @@ def train_fused(
             batches = poisson_batches(n, sample_rate, generator=sampler, device=device)
         loss_sum = torch.zeros(len(members), device=device)
         seen = 0
+        if shared is not None:
+            shared.reset()
         for idx in batches:
+            if shared is not None:
+                shared.arm()
             if dp is None:
                 grads, losses = _mean_gradients(stacked, params, x[idx], y[idx])
             else:
                 grads, losses = _private_gradients(engine, states, x[idx], y[idx], clips=clips, scale=scale)
+            if shared is not None:
+                shared.record_captured(idx)  # the forward above ran at the pre-update parameters
             optimizer.step(grads)
             loss_sum += losses
             seen += len(idx)
@@ -126,23 +134,45 @@ def train_fused(
                 for k, st in enumerate(states):
                     if st.active:
                         model = load_member(stacked, k, st.spec.model)
-                        st.result.step_telemetry.append({"epoch": epoch, "step": step, **st.spec.probe.measure(model)})
+                        row = st.spec.probe.probe_row(model)
+                        st.result.step_telemetry.append({"epoch": epoch, "step": step, **row})
         train_loss = (loss_sum / max(seen, 1)).tolist()
         elapsed = time.perf_counter() - start
+        rows = shared.end_epoch() if shared is not None else [None] * len(states)
         for k, st in enumerate(states):
             if st.active:
-                _end_epoch(st, k, stacked, epoch=epoch, train_loss=train_loss[k], elapsed=elapsed)
+                _end_epoch(st, k, stacked, epoch=epoch, train_loss=train_loss[k], elapsed=elapsed, telemetry=rows[k])
         _save(states, stacked, optimizer, sampler, epoch=epoch, step=step, elapsed=elapsed, last=schedule.epochs)
         active = sum(st.active for st in states)
         if not sys.stderr.isatty():
             log.info("%s epoch %d/%d: %d of %d members training", desc, epoch, schedule.epochs, active, len(states))
         if not active:
             break  # every member diverged
+    if shared is not None:
+        shared.detach()
     for k, st in enumerate(states):
         if st.active:
             load_member(stacked, k, st.spec.model)
+        if st.spec.probe is not None:
+            st.spec.probe.detach()
         st.spec.model.eval()
     return [st.result for st in states]
+
+
+def _batch_telemetry(members: list[FusedMember], y: torch.Tensor, stacked) -> BatchTelemetry | None:
+    """One accumulator for every member's batch telemetry (telemetry.mode=batches), hooked on the stacked model.
+
+    It draws from the first member's telemetry generator: every member's separate run draws that same stream.
+    """
+    probe = members[0].probe
+    if probe is None or probe.batches is None:
+        return None
+    clips = [m.dp.clip if m.dp is not None else None for m in members]
+    noises = [m.dp.noise if m.dp is not None else None for m in members]
+    shared = BatchTelemetry(y=y, is_poison=probe.batches.is_poison, clips=clips, noises=noises,
+                            generator=probe.noise_gen)  # fmt: skip
+    shared.attach(stacked)
+    return shared
 
 
 def _mean_gradients(stacked, params, x, y) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -170,7 +200,9 @@ def _private_gradients(engine, states, x, y, *, clips, scale) -> tuple[list[torc
     return sums, losses
 
 
-def _end_epoch(st: _Member, k: int, stacked, *, epoch: int, train_loss: float, elapsed: float) -> None:
+def _end_epoch(
+    st: _Member, k: int, stacked, *, epoch: int, train_loss: float, elapsed: float, telemetry: dict | None
+) -> None:
     """The member's history row, exactly as ``loop.train`` writes it; a non-finite member stops."""
     spec, result = st.spec, st.result
     row: dict = {"epoch": epoch, "train_loss": train_loss, "seconds": elapsed}
@@ -188,7 +220,7 @@ def _end_epoch(st: _Member, k: int, stacked, *, epoch: int, train_loss: float, e
         with torch.no_grad():
             row.update(spec.evaluate(model))
     if spec.probe is not None and (epoch % spec.probe.cfg.every_n_epochs == 0 or epoch == spec.optimizer.epochs):
-        row.update(spec.probe.measure(model))
+        row.update(dict.fromkeys(COLUMNS) | telemetry if telemetry is not None else spec.probe.measure(model))
     result.history.append(row)
 
 

@@ -100,6 +100,8 @@ def train(
             model, optimizer, cfg=dp, n_train=n, batch_size=optimizer_cfg.batch_size, noise_generator=noise_gen
         )
         module, optimizer = private.module, private.optimizer
+        if probe is not None:  # these engines run the forward under vmap, where a hook sees no batch
+            probe.capture_by_forward = getattr(optimizer, "mode", dp.grad_sample_mode) in ("vmap", "functorch")
         if accountant_history:
             private.engine.accountant.history = [tuple(h) for h in accountant_history]
 
@@ -131,8 +133,12 @@ def train(
             batches = poisson_batches(n, private.sample_rate, generator=sampler, device=device)
         loss_sum = torch.zeros((), device=device)
         seen = 0
+        if probe is not None:
+            probe.begin_epoch()
         for idx in batches:
             optimizer.zero_grad(set_to_none=True)
+            if probe is not None:
+                probe.begin_step(model, x[idx])
             if fast:
                 loss_sum += optimizer.private_step(x[idx], y[idx])
                 seen += len(idx)
@@ -148,8 +154,10 @@ def train(
                 loss.backward()
                 optimizer.step()
             step += 1
+            if probe is not None:
+                probe.end_step(idx)
             if probe_every and step % probe_every == 0:
-                result.step_telemetry.append({"epoch": epoch, "step": step, **probe.measure(model)})
+                result.step_telemetry.append({"epoch": epoch, "step": step, **probe.probe_row(model)})
         train_loss = (loss_sum / max(seen, 1)).item()
         row: dict[str, float | int | None] = {"epoch": epoch, "train_loss": train_loss}
         row["seconds"] = time.perf_counter() - start
@@ -190,6 +198,8 @@ def train(
         if not sys.stderr.isatty():
             shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
             log.info("%s epoch %d/%d %s", desc, epoch, optimizer_cfg.epochs, shown)
+    if probe is not None:
+        probe.detach()
     if private is not None:
         if keep_accountant:
             result.accountant_history = [list(h) for h in private.engine.accountant.history]

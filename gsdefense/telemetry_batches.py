@@ -1,0 +1,161 @@
+"""Gradient telemetry as Hong et al.'s analysis measured it: over each epoch's actual training batches.
+
+For every training batch B, at the parameters *before* that batch's update, the original
+(``analyze_collision.py``) computed the gradient of the mean loss over the batch's clean
+samples C_B and, separately, over its poison samples P_B — for the kernel of the last layer
+only. In DP runs those were clipped per example, noised and summed, then divided by the
+subset size. It averaged the vectors over the epoch and reported their L2 norms and cosine.
+
+For a final layer ``z = W a + b`` under cross-entropy the per-sample kernel gradient is
+``g_i = (softmax(z_i) − e_{y_i}) a_iᵀ``, so with ``δ = softmax(z) − onehot(y)``:
+
+    raw_S(B)    = δ_Sᵀ a_S / |S_B|
+    shaped_S(B) = (δ_Sᵀ diag(c_S) a_S + σ·C·ξ) / |S_B|,   c_i = min(1, C / (‖δ_i‖·‖a_i‖ + 1e-6))
+    ḡ_S         = mean over the epoch's batches with |S_B| > 0
+
+with ξ ~ N(0, I) from the telemetry generator (its own stream: measuring never changes training).
+The layer's inputs and outputs come from a forward hook on the training forward itself, so the
+measurement costs no extra forward pass, and all M members of a fused group are measured at once
+(they see the same batches; each member's separate run would draw the same ξ, scaled by its σ·C).
+Everything accumulates on the device; the numbers reach the host once per epoch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def last_linear(model: nn.Module) -> nn.Module:
+    """The model's final Linear layer (for a stacked model: its stacked twin)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "StackedLinear"]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Linear layer to analyse")
+    return layers[-1]
+
+
+class BatchTelemetry:
+    """Accumulates Hong's per-batch clean/poison last-layer gradients over an epoch, for M members."""
+
+    def __init__(
+        self,
+        *,
+        y: torch.Tensor,
+        is_poison: torch.Tensor,
+        clips: list[float | None],
+        noises: list[float | None],
+        generator: torch.Generator,
+    ) -> None:
+        self.y, self.is_poison = y, is_poison
+        self.members = len(clips)
+        device = y.device
+        self.private = [c is not None for c in clips]
+        self.clip = torch.tensor([c if c is not None else float("inf") for c in clips], device=device)
+        self.noise_std = torch.tensor([(c or 0.0) * (s or 0.0) for c, s in zip(clips, noises)], device=device)
+        self.any_noise = any((c or 0.0) * (s or 0.0) > 0 for c, s in zip(clips, noises))
+        self.generator = generator
+        self.captured: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.armed = False
+        self._handle = None
+        self.reset()
+
+    # -- capture -------------------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Capture the last layer's input and output of the next training forward (see ``arm``)."""
+        self._handle = last_linear(model).register_forward_hook(self._hook)
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if self.armed and self.captured is None:
+            self.captured = (inputs[0].detach(), output.detach())
+
+    def arm(self) -> None:
+        self.armed, self.captured = True, None
+
+    def record_captured(self, idx: torch.Tensor) -> None:
+        """Book the forward captured since ``arm`` for the batch ``idx`` (pre-update parameters)."""
+        self.armed = False
+        if self.captured is not None:
+            self.record(*self.captured, idx)
+        self.captured = None
+
+    # -- accumulation --------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def _add(self, key: str, value: torch.Tensor) -> None:
+        self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    @torch.no_grad()
+    def record(self, a: torch.Tensor, z: torch.Tensor, idx: torch.Tensor) -> None:
+        """One batch: ``a`` (M·B, H) inputs and ``z`` (M·B, C) outputs of the last layer, members stacked."""
+        m = self.members
+        a = a.reshape(m, -1, a.shape[-1]).float()
+        z = z.reshape(m, -1, z.shape[-1]).float()
+        y, poison = self.y[idx], self.is_poison[idx]
+        delta = z.softmax(-1) - F.one_hot(y, z.shape[-1]).to(z.dtype)  # (M, B, C)
+        norms = delta.norm(dim=-1) * a.norm(dim=-1)  # ‖g_i‖ = ‖δ_i‖·‖a_i‖, (M, B)
+        factors = (self.clip[:, None] / (norms + 1e-6)).clamp(max=1.0)
+        correct = (z.argmax(-1) == y).float()
+        for name, mask in (("clean", ~poison), ("poison", poison)):
+            w = mask.to(a.dtype)  # (B,)
+            count = w.sum()
+            has = (count > 0).to(a.dtype)
+            denom = count.clamp(min=1.0)
+            raw = torch.einsum("mbc,b,mbh->mch", delta, w, a) / denom
+            clipped = torch.einsum("mbc,mb,mbh->mch", delta, factors * w, a)
+            if self.any_noise:
+                xi = torch.randn(clipped.shape[1:], generator=self.generator, device=a.device)
+                clipped = clipped + self.noise_std[:, None, None] * xi
+            shaped = clipped / denom
+            self._add(f"raw_{name}", raw * has)
+            self._add(f"shaped_{name}", shaped * has)
+            self._add(f"batches_{name}", has)
+            self._add(f"norm_{name}", (norms * w).sum(-1))
+            self._add(f"count_{name}", count)
+            self._add(f"correct_{name}", (correct * w).sum(-1))
+
+    def end_epoch(self) -> list[dict[str, float | None]]:
+        """Each member's telemetry row for the epoch (the columns of ``telemetry.COLUMNS``); resets."""
+        s = self.sums
+        if not s:
+            return [{} for _ in range(self.members)]
+        out = []
+        for k in range(self.members):
+            row: dict[str, float | None] = {}
+            mean = {}
+            for kind in ("raw", "shaped"):
+                for name in ("clean", "poison"):
+                    batches = s[f"batches_{name}"]
+                    mean[kind, name] = s[f"{kind}_{name}"][k].flatten() / batches.clamp(min=1.0)
+            has_poison = bool(s["batches_poison"] > 0)
+            row["grad_norm_clean"] = float(mean["raw", "clean"].norm())
+            row["clean_train_acc"] = float(s["correct_clean"][k] / s["count_clean"].clamp(min=1.0))
+            row["shaped_grad_norm_clean"] = float(mean["shaped", "clean"].norm())
+            if has_poison:
+                row["grad_norm_poison"] = float(mean["raw", "poison"].norm())
+                row["grad_ratio"] = row["grad_norm_poison"] / max(row["grad_norm_clean"], 1e-12)
+                row["grad_cosine"] = float(F.cosine_similarity(mean["raw", "clean"], mean["raw", "poison"], dim=0))
+                norm_c = s["norm_clean"][k] / s["count_clean"].clamp(min=1.0)
+                norm_p = s["norm_poison"][k] / s["count_poison"].clamp(min=1.0)
+                row["sample_norm_ratio"] = float(norm_p / norm_c.clamp(min=1e-12))
+                row["shaped_grad_norm_poison"] = float(mean["shaped", "poison"].norm())
+                row["shaped_grad_ratio"] = row["shaped_grad_norm_poison"] / max(row["shaped_grad_norm_clean"], 1e-12)
+                row["shaped_grad_cosine"] = float(
+                    F.cosine_similarity(mean["shaped", "clean"], mean["shaped", "poison"], dim=0)
+                )
+                row["poison_train_acc"] = float(s["correct_poison"][k] / s["count_poison"].clamp(min=1.0))
+            out.append(row)
+        self.reset()
+        return out
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
