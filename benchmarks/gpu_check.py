@@ -1,7 +1,7 @@
 """The GPU check's benchmark table (issue 17 §1): DP overhead, the plain Opacus loop, fused grids, peak memory.
 
     python benchmarks/gpu_check.py [--device cuda] [--out DIR] [--repeats 3] [--models mlp cnn resnet18]
-                                   [--dp-variant NAME:FIELD=VALUE,...] [--budget-s 180] [--quick]
+                                   [--dp-variant NAME:FIELD=VALUE,...] [--budget-s 210] [--quick]
 
 One call on a GPU machine runs the CUDA tests and then this script: ``scripts/gpu-check.sh`` (its header has
 the device tool's command: ``run(command="bash scripts/gpu-check.sh", carry=[".whl"], timeout_s=540)`` after
@@ -23,7 +23,7 @@ Every figure is the median of ``--repeats`` timed runs after one untimed warm-up
 
 ``--budget-s`` bounds the whole script: measurements that would start after it are listed as skipped (exit 1),
 so the table is written even when a slow GPU runs out of time. Writes ``gpu_check.json`` and ``gpu_check.md``
-into ``--out`` (default ``$OUT``, else ``gpu-check-out``) and prints the markdown last.
+into ``--out`` (default ``$OUT``, else ``outputs/gpu-check``) and prints the markdown last.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def markdown(report: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--out", default=os.environ.get("OUT") or "gpu-check-out")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/gpu-check")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (CI smoke test)")
     parser.add_argument("--models", nargs="+", default=None, help="default mlp cnn resnet18 (--quick: mlp cnn)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="default 128 256 (--quick: 32)")

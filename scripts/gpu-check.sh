@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one-call GPU check (issue 17 §1): the CUDA tests, then the benchmark table, on a machine with CUDA.
 #
-#   scripts/gpu-check.sh [OUT_DIR]              # OUT_DIR default: $OUT if set, else gpu-check-out
+#   scripts/gpu-check.sh [OUT_DIR]              # OUT_DIR default: $OUT if set, else outputs/gpu-check (git-ignored)
 #   scripts/gpu-check.sh --fetch-wheels [DIR]   # on a machine with PyPI: the wheels a bare GPU box lacks, into DIR (.whl)
 #
 # Any CUDA machine with gsdefense's dependencies installed: just `scripts/gpu-check.sh out/`.
@@ -35,7 +35,7 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
     exit 0
 fi
 
-out=${1:-${OUT:-gpu-check-out}}
+out=${1:-${OUT:-outputs/gpu-check}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
