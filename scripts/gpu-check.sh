@@ -30,7 +30,7 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
         -d "$dir" hydra-core==1.3.8 omegaconf==2.3.1 opacus==1.6.0 submitit==1.5.4 hydra-submitit-launcher==1.2.0 || exit 1
     # antlr4-python3-runtime 4.9.3 (omegaconf's pin) is an sdist on PyPI: build its pure-Python wheel here.
     python3 -m pip wheel --no-deps -w "$dir" antlr4-python3-runtime==4.9.3 || exit 1
-    if [ "$dir" = .whl ] && ! git check-ignore -q .whl/x.whl; then echo /.whl/ >>.git/info/exclude; fi
+    if [ "$dir" = .whl ] && ! git check-ignore -q .whl/x.whl; then mkdir -p .git/info && echo /.whl/ >>.git/info/exclude; fi
     ls -l "$dir"
     exit 0
 fi
