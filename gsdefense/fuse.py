@@ -25,6 +25,7 @@ from gsdefense.errors import ConfigError
 from gsdefense.identity import identity, run_id, run_noise_seed
 from gsdefense.outputs import claim
 from gsdefense.plan import Plan, prepare
+from gsdefense.posttrain import detect
 from gsdefense.run import (
     checkpointer_for,
     complete,
@@ -115,7 +116,7 @@ def run_group(cfgs: list[DictConfig], output_dirs: list[Path]) -> list[dict]:
                 log.info("run %s is already complete in %s; skipping", ident, out)
                 metrics[i] = done
                 continue
-            shared = jobs[0].plan.data if jobs and _same_data(cfg, jobs[0].cfg) else None  # load the data once
+            shared = jobs[0].plan.loaded if jobs and _same_data(cfg, jobs[0].cfg) else None  # load the data once
             jobs.append(_Job(i, cfg, out, ident, prepare(cfg, data=shared)))
         except Exception as err:  # noqa: BLE001 - a bad member is recorded, the others train
             metrics[i] = record_failure(out, err, cfg)
@@ -169,6 +170,7 @@ def _train_group(jobs: list[_Job], start: float) -> list[dict]:
         ref = reference_accuracy(plan, dp=None)
         ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else ref
         m = finish(plan, p, result, job.output_dir, ref=ref, ref_dp=ref_dp, save_model=job.cfg.save_model)
+        m |= detect(plan, p.evaluate, result, job.output_dir, acc_ref=ref.clean_acc, seed=member.noise_seed)
         m["fused_group_size"] = len(jobs)
         out.append(complete(m, ident=job.ident, start=start, plan=plan, output_dir=job.output_dir,
                             checkpointer=member.checkpointer))  # fmt: skip

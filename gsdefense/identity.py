@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from gsdefense.cache import cache_key, noise_seed
 from gsdefense.errors import ConfigError
 
-GROUPS = ("dataset", "model", "attack", "defense", "optimizer", "dp", "scenario")
+GROUPS = ("dataset", "model", "attack", "defense", "optimizer", "dp", "scenario", "detector")
 SETTINGS = ("telemetry", "seed", "device", "threads", "cache_dir", "save_model", "resume", "checkpoint")
 TOP_LEVEL_KEYS = frozenset(GROUPS) | frozenset(SETTINGS)
 # Where data lives, not what it is: a run does not change when its files move (and an analysis machine whose
@@ -43,6 +43,7 @@ def typed_groups(cfg: DictConfig) -> dict[str, Any]:
     from gsdefense.attacks import ATTACKS
     from gsdefense.data import DATASETS
     from gsdefense.defenses import DEFENSES
+    from gsdefense.detectors import detector_config
     from gsdefense.models import MODELS
     from gsdefense.scenario import scenario_config
     from gsdefense.training.dp import dp_config
@@ -57,6 +58,7 @@ def typed_groups(cfg: DictConfig) -> dict[str, Any]:
         "optimizer": optimizer_config(cfg.optimizer),
         "dp": dp_config(cfg.dp),
         "scenario": scenario_config(cfg.scenario),
+        "detector": detector_config(cfg.detector),
     }
 
 

@@ -48,6 +48,8 @@ OUTPUT_PATTERNS = (
     "telemetry.csv",
     "targets.csv",
     "neural_cleanse*",
+    "nc_label_*.png",
+    "poisons.csv",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ from omegaconf import DictConfig
 
 from gsdefense.attacks import Attack, RunContext, build_attack
 from gsdefense.cache import check_dir
-from gsdefense.data import load_dataset
+from gsdefense.data import input_map, load_dataset
 from gsdefense.data.bundle import DataBundle
 from gsdefense.defenses import Defense, build_defense
+from gsdefense.detectors import check_detector, defender_split, holds_out
 from gsdefense.errors import ConfigError
 from gsdefense.identity import DATA_LOCATION, as_dict, check_seed, typed_groups
 from gsdefense.models import build_model
@@ -40,6 +42,9 @@ class Plan:
     device: torch.device
     cache_dir: Path
     spec: dict[str, Any]  # what determines a clean model (dataset, model, optimizer, seed, device): cache keys
+    detector: Any = None  # the detector group's config (gsdefense.detectors)
+    defender: tuple[torch.Tensor, torch.Tensor] | None = None  # the detector's held-out clean data (x, y)
+    loaded: DataBundle | None = None  # the dataset as loaded, before the defender's share was held out
 
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model; the same seed gives the run and its references the same init."""
@@ -77,7 +82,9 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
     telemetry = telemetry_config(cfg.telemetry)
     checkpoint_config(cfg.checkpoint)
     cache_dir = check_dir(str(cfg.cache_dir), field="cache_dir")
-    data = data if data is not None else load_dataset(cfg.dataset, seed=seed).to(device)
+    loaded = data if data is not None else load_dataset(cfg.dataset, seed=seed).to(device)
+    detector = typed["detector"]
+    data, defender = hold_out_defender(loaded, fraction=holds_out(detector), seed=seed)
     optimizer = typed["optimizer"]
     context = RunContext(
         seed=seed,
@@ -90,6 +97,10 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
     )
     attack = build_attack(cfg.attack)
     attack.validate(data, context=context)
+    if getattr(attack, "targeted", False) and defender is not None:
+        raise ConfigError(
+            "detector", "inspects one trained model; poison_frogs trains one per trial.", "use detector=none."
+        )
     defense = build_defense(cfg.defense)
     defense.validate(data, context=context)
     spec = {
@@ -99,6 +110,8 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
         "seed": seed,
         "device": device.type,
     }
+    if defender is not None:  # the references train on the same reduced training set
+        spec["defender_fraction"] = holds_out(detector)
     plan = Plan(
         data=data,
         attack=attack,
@@ -113,6 +126,28 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
         device=device,
         cache_dir=cache_dir,
         spec=spec,
+        detector=detector,
+        defender=defender,
+        loaded=loaded,
     )
-    plan.build_model()  # a model that does not fit the data fails now, not after a reference trains
+    model = plan.build_model()  # a model that does not fit the data fails now, not after a reference trains
+    check_detector(detector, num_classes=data.num_classes, n_train=len(loaded.y_train), model=model)
     return plan
+
+
+def hold_out_defender(
+    data: DataBundle, *, fraction: float, seed: int
+) -> tuple[DataBundle, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The training set without the detector's share, and that share (None when the detector takes none).
+
+    The defender's clean samples are drawn before poisoning, so neither the victim nor its clean references
+    ever train on them; the input map is recomputed from what remains.
+    """
+    if not fraction > 0:
+        return data, None
+    keep, held = (i.to(data.y_train.device) for i in defender_split(len(data.y_train), fraction=fraction, seed=seed))
+    x_train, y_train = data.x_train[keep], data.y_train[keep]
+    norm = data.input_norm or ("none" if data.mean is None else "standardize")  # bundles built by hand carry none
+    mean, std = input_map(x_train, input_norm=norm, box=data.box)
+    reduced = dataclasses.replace(data, x_train=x_train, y_train=y_train, mean=mean, std=std)
+    return reduced, (data.x_train[held], data.y_train[held])

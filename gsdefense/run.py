@@ -29,6 +29,7 @@ from gsdefense.io import atomic_write, write_csv, write_json
 from gsdefense.outputs import claim, claim_for_failure
 from gsdefense.phases import TrialRunner, fit, pretrained
 from gsdefense.plan import Plan, prepare
+from gsdefense.posttrain import detect
 from gsdefense.scenario import privacy_report
 from gsdefense.telemetry import GradientProbe, original_exports
 from gsdefense.training.checkpoint import Checkpointer, checkpoint_config
@@ -112,6 +113,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
         ref = reference_accuracy(plan, dp=None)
         ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else ref
         metrics = finish(plan, poisoned, result, output_dir, ref=ref, ref_dp=ref_dp, save_model=cfg.save_model)
+        metrics |= detect(plan, poisoned.evaluate, result, output_dir, acc_ref=ref.clean_acc, seed=run_noise_seed(cfg))
     return complete(metrics, ident=ident, start=start, plan=plan, output_dir=output_dir, checkpointer=checkpointer)
 
 

@@ -22,6 +22,7 @@ from tests.conftest import ROOT
                            "--memory"], ["mlp", "train"]),
         ("telemetry_overhead.py", ["--repeats", "1", "--epochs", "1", "--models", "mlp", "--datasets", "digits"],
          ["digits", "mlp"]),
+        ("neural_cleanse.py", ["--repeats", "1", "--models", "mlp", "--max-epochs", "5"], ["mlp"]),
     ],
 )  # fmt: skip
 def test_benchmark_script_runs_and_prints_its_table(script, args, row_start):

@@ -425,3 +425,32 @@ def test_detection_figures_say_why_they_cannot_draw():
         nc_anomaly_vs_dp(runs[runs["dp.name"] == "none"])
     with pytest.raises(ValueError, match="nc_asr_before_after: no column 'asr_after'"):
         nc_asr_before_after(runs.drop(columns="asr_after"))
+
+
+@pytest.mark.slow
+def test_neural_cleanse_in_a_real_cli_multirun_and_the_report(tmp_path):
+    """Through launch.py: two DP settings, every output, and the report draws the detection figures."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, run_cli
+
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "detector=neural_cleanse", "detector.mitigation=unlearn", "detector.max_epochs=60",
+                   "detector.unlearn_epochs=2", "optimizer.epochs=4", "dp.clip=1,4", f"hydra.sweep.dir={sweep}",
+                   timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "ok"
+        assert {"nc_flagged", "nc_detected", "nc_target_anomaly_index", "nc_max_anomaly_index",
+                "nc_target_mask_l1", "nc_epsilon_note"} <= metrics.keys()  # fmt: skip
+        assert metrics["n_train"] == round(0.9 * 1347) + metrics["n_poison"]  # 10% held out for the defender
+        if metrics["nc_mitigated"]:
+            assert {"asr_after", "clean_acc_after", "rad_after", "nc_unlearn_epsilon"} <= metrics.keys()
+        assert (sweep / job / "neural_cleanse.csv").exists() and (sweep / job / "nc_label_0.png").exists()
+    report = subprocess.run([sys.executable, "-m", "gsdefense.report", str(sweep)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (sweep / "report" / "nc_anomaly_vs_dp.png").exists()

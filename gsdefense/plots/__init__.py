@@ -10,6 +10,7 @@ from typing import Literal, NamedTuple
 from matplotlib.figure import Figure
 
 from gsdefense.plots.boundary import decision_boundaries
+from gsdefense.plots.detection import nc_anomaly_vs_dp, nc_asr_before_after
 from gsdefense.plots.privacy import privacy_tradeoff
 from gsdefense.plots.sweeps import asr_rad_vs_dp, rad_vs_poison_ratio
 from gsdefense.plots.training import gradient_telemetry, training_curves
@@ -31,6 +32,8 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("decision_boundaries", decision_boundaries, "runs", "Hong et al. two-moons illustration"),
     FigureSpec("training_curves", training_curves, "history", "limitations study Fig. 3"),
     FigureSpec("privacy_tradeoff", privacy_tradeoff, "runs", "privacy-robustness-utility trade-off"),
+    FigureSpec("nc_anomaly_vs_dp", nc_anomaly_vs_dp, "runs", "Wang et al. 2019 (Neural Cleanse) under DP"),
+    FigureSpec("nc_asr_before_after", nc_asr_before_after, "runs", "Neural Cleanse repair"),
 )
 
 __all__ = [
@@ -38,6 +41,8 @@ __all__ = [
     "FigureSpec",
     "asr_rad_vs_dp",
     "decision_boundaries",
+    "nc_anomaly_vs_dp",
+    "nc_asr_before_after",
     "gradient_telemetry",
     "privacy_tradeoff",
     "rad_vs_poison_ratio",
