@@ -32,7 +32,9 @@ GROUPS = ("dataset", "model", "attack", "optimizer", "dp")
 # (the device actually used) that would otherwise clash, and a dot marks every other column as a setting.
 PLAIN_TOP_LEVEL = frozenset({"seed"})
 # Config values that label a run but do not change its outcome: never a reason to split or average.
-NOT_SETTINGS = frozenset({"seed", "config.cache_dir", "config.device", "dataset.data_dir", "dataset.download"})
+NOT_SETTINGS = frozenset(
+    {"seed", "config.cache_dir", "config.device", "dataset.data_dir", "dataset.download", "config.rad_definition"}
+)
 # What metrics.json may say, then what the checks here may conclude.
 RUN_STATUSES = ("ok", "diverged", "failed")
 STATUSES = (*RUN_STATUSES, "stale", "invalid", "missing")

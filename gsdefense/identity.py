@@ -17,7 +17,9 @@ from gsdefense.cache import cache_key, noise_seed
 from gsdefense.errors import ConfigError
 
 GROUPS = ("dataset", "model", "attack", "defense", "optimizer", "dp", "scenario", "detector")
-SETTINGS = ("telemetry", "seed", "device", "threads", "cache_dir", "save_model", "resume", "checkpoint")
+SETTINGS = (
+    "telemetry", "seed", "device", "threads", "cache_dir", "save_model", "resume", "checkpoint", "rad_definition",
+)  # fmt: skip
 TOP_LEVEL_KEYS = frozenset(GROUPS) | frozenset(SETTINGS)
 # Where data lives, not what it is: a run does not change when its files move (and an analysis machine whose
 # GSDEFENSE_DATA_DIR / GSDEFENSE_PURCHASE100 differ still recognises it).

@@ -18,6 +18,7 @@ from torch import nn
 from gsdefense.attacks.base import PoisonedSet
 from gsdefense.cache import StaleEntry, cache_key, cached_entry, load_tensor_entry, noise_seed, save_tensor_entry
 from gsdefense.plan import Plan
+from gsdefense.scenario import retrain_optimizer
 from gsdefense.training.loop import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def fit(plan: Plan, x: torch.Tensor, y: torch.Tensor, *, dp, desc: str, **hooks)
         model,
         x,
         y,
-        optimizer_cfg=dataclasses.replace(plan.optimizer, epochs=scenario.retrain_epochs),
+        optimizer_cfg=retrain_optimizer(plan.optimizer, scenario),
         dp=retrain_dp,
         seed=plan.seed,
         desc=desc,
@@ -161,7 +162,7 @@ class TrialRunner:
         self, x_extra: torch.Tensor, y_extra: torch.Tensor, *, evaluate=None, desc: str = "trial"
     ) -> TrainResult:
         kept, info = self.retraining_set(x_extra, y_extra)
-        optimizer = dataclasses.replace(self.plan.optimizer, epochs=self.plan.scenario.retrain_epochs)
+        optimizer = retrain_optimizer(self.plan.optimizer, self.plan.scenario)
         history = self.pre.accountant_history if self.dp else None  # epsilon covers both private phases
         result = train(self.pretrained_model().train(), kept.x, kept.y, optimizer_cfg=optimizer, dp=self.dp,
                        seed=self.plan.seed, evaluate=evaluate, desc=desc, accountant_history=history,

@@ -79,6 +79,8 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
     threads = cfg.threads
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError("threads", f"must be a positive integer or null (got {threads!r}).", "use threads=1.")
+    if cfg.get("rad_definition", "final") not in ("final", "best"):
+        raise ConfigError("rad_definition", f"unknown value {cfg.rad_definition!r}.", "use final or best.")
     telemetry = telemetry_config(cfg.telemetry)
     checkpoint_config(cfg.checkpoint)
     cache_dir = check_dir(str(cfg.cache_dir), field="cache_dir")

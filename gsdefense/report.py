@@ -151,9 +151,14 @@ def _tabular(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def write_report(dirs: Sequence[Path], out: Path) -> pd.DataFrame:
-    """Load the runs of ``dirs`` and write every report file into ``out``; returns the runs frame."""
+def write_report(dirs: Sequence[Path], out: Path, *, rad: str = "auto") -> pd.DataFrame:
+    """Load the runs of ``dirs`` and write every report file into ``out``; returns the runs frame.
+
+    ``rad``: which RAD the figures plot — ``auto`` (each sweep's ``rad_definition``), ``final`` or ``best``.
+    """
     runs = load_runs(dirs)
+    if rad != "auto" and not runs.empty:
+        runs["config.rad_definition"] = rad
     if runs.empty:
         raise FileNotFoundError(f"no runs (directories with .hydra/config.yaml) under {', '.join(map(str, dirs))}")
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR", help="sweep or run folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
+    parser.add_argument(
+        "--rad",
+        choices=("auto", "final", "best"),
+        default="auto",
+        help="RAD in the figures: final epochs (rad), best epochs as Hong's code (rad_best), or auto: what the "
+        "runs' rad_definition says (the Hong presets: best)",
+    )
     return parser
 
 
@@ -201,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --out {out} is a file; give a folder (it is created if missing)", file=sys.stderr)
         return 2
     try:
-        runs = write_report(dirs, out)
+        runs = write_report(dirs, out, rad=args.rad)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ lives in ``gsdefense.phases``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ class RetrainConfig:
     retrain_epochs: int = 10
     pretrain_private: bool = False
     retrain_private: bool = True
+    retrain_lr: float | None = None  # the retrain phase's learning rate; null = optimizer.lr (both phases)
 
 
 SCENARIOS: Registry[Any] = Registry("scenario")
@@ -51,7 +53,15 @@ def _retrain(cfg: RetrainConfig) -> RetrainConfig:
     for field in ("pretrain_epochs", "retrain_epochs"):
         if getattr(cfg, field) <= 0:
             raise ConfigError(f"scenario.{field}", f"must be > 0 (got {getattr(cfg, field)}).")
+    if cfg.retrain_lr is not None and not cfg.retrain_lr > 0:
+        raise ConfigError("scenario.retrain_lr", f"must be > 0 or null (got {cfg.retrain_lr}).", "null = optimizer.lr.")
     return cfg
+
+
+def retrain_optimizer(optimizer, scenario: RetrainConfig):
+    """The retrain phase's optimizer settings: its own epochs, and ``retrain_lr`` when set."""
+    lr = scenario.retrain_lr if scenario.retrain_lr is not None else optimizer.lr
+    return dataclasses.replace(optimizer, epochs=scenario.retrain_epochs, lr=lr)
 
 
 def scenario_config(node) -> ScratchConfig | RetrainConfig:

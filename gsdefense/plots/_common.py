@@ -23,8 +23,10 @@ LABELS = {
     "dp.noise": "noise multiplier σ",
     "clean_acc": "clean accuracy",
     "asr": "attack success rate",
-    "rad": "RAD",
+    "rad": "RAD (final epoch)",
+    "rad_best": "RAD (best epochs, Hong's code)",
     "rad_dp_matched": "RAD (DP-matched ref.)",
+    "rad_dp_matched_best": "RAD (DP-matched ref., best epochs)",
     "train_loss": "train loss",
     "epsilon": "ε",
     "epoch": "epoch",
@@ -39,6 +41,15 @@ SHORT = {
     "dp.clip": "C",
     "dp.noise": "σ",
 }
+
+
+def rad_metric(df: pd.DataFrame) -> str:
+    """The RAD a figure plots: ``rad_best`` when every run asks for it (``rad_definition: best``, the Hong
+    presets, as Hong's ``do_ipoisoning.py`` reports best epochs) and has it, else ``rad`` (final epochs)."""
+    column = "config.rad_definition"
+    if column in df and len(df) and (df[column] == "best").all() and "rad_best" in df and df["rad_best"].notna().any():
+        return "rad_best"
+    return "rad"
 
 
 def label(column: str) -> str:

@@ -33,6 +33,7 @@ from gsdefense.plots._common import (
     label,
     ok_runs,
     present_metrics,
+    rad_metric,
     require,
     seed_stats,
     slice_rest,
@@ -82,7 +83,7 @@ def _panels(n: int, *, width: float, height: float, sharey: bool = True) -> tupl
 
 
 @styled
-def rad_vs_poison_ratio(runs: pd.DataFrame, *, metric: str = "rad") -> Figure:
+def rad_vs_poison_ratio(runs: pd.DataFrame, *, metric: str | None = None) -> Figure:
     """RAD vs poison ratio, one line per DP setting plus vanilla, one panel per attack (Hong et al. Fig. 4).
 
     An unevenly spaced ratio grid (Hong's 0, 1, …, 5, 10, …, 40 %) is drawn at evenly spaced positions, one per
@@ -91,6 +92,7 @@ def rad_vs_poison_ratio(runs: pd.DataFrame, *, metric: str = "rad") -> Figure:
     """
     name = "rad_vs_poison_ratio"
     df = ok_runs(runs, figure=name)
+    metric = metric or rad_metric(df)  # None: the runs' rad_definition
     require(df, ["attack.poison_ratio", metric], figure=name)
     df = df.dropna(subset=[metric, "attack.poison_ratio"])
     if df["attack.poison_ratio"].nunique() < 2:
@@ -150,7 +152,7 @@ AXES = (("dp.clip", "dp.noise"), ("dp.noise", "dp.clip"))
 
 
 @styled
-def asr_rad_vs_dp(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "rad")) -> Figure:
+def asr_rad_vs_dp(runs: pd.DataFrame, *, metrics: Sequence[str] | None = None) -> Figure:
     """ASR and RAD vs clip norm (one line per σ) and vs noise multiplier (one line per C) (Hong et al. Fig. 5).
 
     One row per metric (and per attack); dashed black is the same attack without DP. ASR is drawn on [0, 1] and
@@ -162,7 +164,7 @@ def asr_rad_vs_dp(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "rad")
     vanilla, dp = split_defense(df)
     if dp.empty:
         raise ValueError(f"{name}: no DP runs with dp.clip and dp.noise")
-    metrics = present_metrics(dp, metrics, figure=name)
+    metrics = present_metrics(dp, metrics or ("asr", rad_metric(df)), figure=name)
     panels = [(x, line) for x, line in AXES if (dp.groupby(line)[x].nunique() >= 2).any()]
     if not panels:
         raise ValueError(f"{name}: needs ≥2 dp.clip values at one noise, or ≥2 dp.noise values at one clip")
