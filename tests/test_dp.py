@@ -25,7 +25,7 @@ def _setup(*, clip: float, noise: float, seed: int = 0):
     private = make_private(
         model,
         opt,
-        cfg=DPSGDConfig(clip=clip, noise=noise),
+        cfg=DPSGDConfig(clip=clip, noise=noise, grad_sample_mode="hooks"),
         n_train=N,
         batch_size=16,
         noise_generator=torch.Generator().manual_seed(seed + 1),

@@ -114,7 +114,7 @@ def test_resnet18_takes_a_dp_step_with_groupnorm():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    private = make_private(model, opt, cfg=DPSGDConfig(clip=0.1, noise=0.0), n_train=40, batch_size=4,
+    private = make_private(model, opt, cfg=DPSGDConfig(clip=0.1, noise=0.0, grad_sample_mode="hooks"), n_train=40, batch_size=4,
                            noise_generator=torch.Generator().manual_seed(0))  # fmt: skip
     x, y = torch.rand(3, 3, 32, 32), torch.tensor([1, 2, 3])
     F.cross_entropy(private.module(x), y).backward()

@@ -79,7 +79,7 @@ def test_adaptive_noise_follows_previous_epoch_mean_clipped_norm():
     torch.manual_seed(0)
     model = nn.Linear(6, 3)
     x, y = torch.randn(40, 6) * 2, torch.randint(0, 3, (40,))
-    cfg = AdaptiveDPConfig(clip=0.5, noise=2.0)
+    cfg = AdaptiveDPConfig(clip=0.5, noise=2.0, grad_sample_mode="hooks")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     private = make_private(model, opt, cfg=cfg, n_train=40, batch_size=20, noise_generator=torch.Generator())
     opt = private.optimizer

@@ -30,7 +30,7 @@ class AdaptiveDPConfig:
     noise: float = 1.0
     delta: float = 1e-5  # kept for symmetry with dpsgd; no epsilon is computed
     accountant: str = "rdp"
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "auto"
 
 
 class NoiseTracker:

@@ -47,7 +47,7 @@ class DPSGDConfig:
     noise: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "auto"
 
 
 @DP.register("none", NoDPConfig)
