@@ -114,8 +114,9 @@ def test_resnet18_takes_a_dp_step_with_groupnorm():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    private = make_private(model, opt, cfg=DPSGDConfig(clip=0.1, noise=0.0, grad_sample_mode="hooks"), n_train=40, batch_size=4,
-                           noise_generator=torch.Generator().manual_seed(0))  # fmt: skip
+    cfg = DPSGDConfig(clip=0.1, noise=0.0, grad_sample_mode="hooks")
+    gen = torch.Generator().manual_seed(0)
+    private = make_private(model, opt, cfg=cfg, n_train=40, batch_size=4, noise_generator=gen)
     x, y = torch.rand(3, 3, 32, 32), torch.tensor([1, 2, 3])
     F.cross_entropy(private.module(x), y).backward()
     per_sample_norms = torch.cat([p.grad_sample.flatten(1) for p in model.parameters()], 1).norm(dim=1)
