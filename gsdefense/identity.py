@@ -25,6 +25,8 @@ TOP_LEVEL_KEYS = frozenset(GROUPS) | frozenset(SETTINGS)
 # GSDEFENSE_DATA_DIR / GSDEFENSE_PURCHASE100 differ still recognises it).
 DATA_LOCATION = ("data_dir", "download", "path")
 MAX_SEED = 2**32 - 1
+# dp keys that change how an identical update is computed: never part of an id or a seed
+EXECUTION = ("fixed_shape",)
 
 
 def check_seed(value: Any, *, field: str) -> int:
@@ -74,6 +76,8 @@ def _groups_dict(typed: dict[str, Any]) -> dict[str, Any]:
     out["dataset"] = {k: v for k, v in out["dataset"].items() if k not in DATA_LOCATION}
     if out["dp"] is None:
         out["dp"] = {"name": "none"}
+    for key in EXECUTION:  # how the update is computed, not what it is
+        out["dp"].pop(key, None)
     return out
 
 

@@ -131,9 +131,9 @@ class GradientProbe:
                 model(x)
                 model.train(was)
 
-    def end_step(self, idx: torch.Tensor) -> None:
+    def end_step(self, idx: torch.Tensor, weight: torch.Tensor | None = None) -> None:
         if self.batches is not None:
-            self.batches.record_captured(idx)
+            self.batches.record_captured(idx, weight)
 
     def begin_epoch(self) -> None:
         if self.batches is not None:

@@ -63,7 +63,9 @@ class BatchTelemetry:
     # -- capture -------------------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
         """Capture the last layer's input and output of the next training forward (see ``arm``)."""
-        self._handle = last_linear(model).register_forward_hook(self._hook)
+        last = last_linear(model)
+        self.kernel_shape = tuple(last.weight.shape[-2:])  # (classes, features), for every member
+        self._handle = last.register_forward_hook(self._hook)
 
     def detach(self) -> None:
         if self._handle is not None:
@@ -77,11 +79,14 @@ class BatchTelemetry:
     def arm(self) -> None:
         self.armed, self.captured = True, None
 
-    def record_captured(self, idx: torch.Tensor) -> None:
+    def record_captured(self, idx: torch.Tensor, weight: torch.Tensor | None = None) -> None:
         """Book the forward captured since ``arm`` for the batch ``idx`` (pre-update parameters)."""
         self.armed = False
         if self.captured is not None:
-            self.record(*self.captured, idx)
+            self.record(*self.captured, idx, weight)
+        elif self.any_noise:  # a step without a forward (an empty batch) still draws its ξ: streams stay aligned
+            for _ in range(2):
+                torch.randn(self.kernel_shape, generator=self.generator, device=self.y.device)
         self.captured = None
 
     # -- accumulation --------------------------------------------------------------------------------------
@@ -92,18 +97,22 @@ class BatchTelemetry:
         self.sums[key] = self.sums[key] + value if key in self.sums else value
 
     @torch.no_grad()
-    def record(self, a: torch.Tensor, z: torch.Tensor, idx: torch.Tensor) -> None:
-        """One batch: ``a`` (M·B, H) inputs and ``z`` (M·B, C) outputs of the last layer, members stacked."""
+    def record(self, a: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """One batch: ``a`` (M·B, H) inputs and ``z`` (M·B, C) outputs of the last layer, members stacked.
+
+        ``weight`` (B,) is 0 for the padding of a fixed-shape batch, which then counts nowhere.
+        """
         m = self.members
         a = a.reshape(m, -1, a.shape[-1]).float()
         z = z.reshape(m, -1, z.shape[-1]).float()
         y, poison = self.y[idx], self.is_poison[idx]
-        delta = z.softmax(-1) - F.one_hot(y, z.shape[-1]).to(z.dtype)  # (M, B, C)
+        # softmax − onehot; scatter, not F.one_hot, whose range check reads the labels back to the host
+        delta = z.softmax(-1).scatter_add(-1, y.expand(m, -1)[..., None], torch.full_like(z[..., :1], -1.0))
         norms = delta.norm(dim=-1) * a.norm(dim=-1)  # ‖g_i‖ = ‖δ_i‖·‖a_i‖, (M, B)
         factors = (self.clip[:, None] / (norms + 1e-6)).clamp(max=1.0)
         correct = (z.argmax(-1) == y).float()
         for name, mask in (("clean", ~poison), ("poison", poison)):
-            w = mask.to(a.dtype)  # (B,)
+            w = mask.to(a.dtype) if weight is None else mask.to(a.dtype) * weight  # (B,)
             count = w.sum()
             has = (count > 0).to(a.dtype)
             denom = count.clamp(min=1.0)

@@ -303,15 +303,7 @@ def _one_epoch(kind: str, device, x, y, batch_size: int) -> None:
         train(_model("mlp").to(device), x, y, optimizer_cfg=opt, dp=dp, seed=0)
 
 
-POISSON_SYNC = ("Poisson batches are drawn with nonzero() (and sized with len()) every step, a device→host "
-                "sync; the fixed-shape steps of issue 17 §2 remove it and flip this test")  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "kind",
-    ["vanilla", pytest.param("dp_bk", marks=pytest.mark.xfail(strict=True, reason=POISSON_SYNC)),
-     pytest.param("fused_dp", marks=pytest.mark.xfail(strict=True, reason=POISSON_SYNC))],
-)  # fmt: skip
+@pytest.mark.parametrize("kind", ["vanilla", "dp_bk", "fused_dp"])
 def test_training_steps_do_not_synchronise_with_the_host(device, kind: str):
     """An epoch of 16 steps synchronises exactly as often as one of 4 steps: syncs only at epoch ends.
 

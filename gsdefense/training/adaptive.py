@@ -31,6 +31,7 @@ class AdaptiveDPConfig:
     delta: float = 1e-5  # kept for symmetry with dpsgd; no epsilon is computed
     accountant: str = "rdp"
     grad_sample_mode: str = "auto"
+    fixed_shape: bool | None = None  # pad Poisson batches to buckets (exact; bk/vmap); null: on CUDA only
 
 
 class NoiseTracker:
@@ -40,19 +41,23 @@ class NoiseTracker:
         self.base_noise, self.clip = base_noise, clip
         self._sum, self._count = torch.zeros(()), 0
 
-    def record(self, norms: torch.Tensor) -> None:
-        clipped = norms.detach().clamp(max=self.clip).sum()
-        self._sum = self._sum.to(clipped.device) + clipped
-        self._count += len(norms)
+    def record(self, norms: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Add a batch's per-sample norms (``weight``: 0 for a fixed-shape batch's padding)."""
+        clipped = norms.detach().clamp(max=self.clip)
+        if weight is not None:
+            clipped = clipped * weight
+        self._sum = self._sum.to(clipped.device) + clipped.sum()
+        self._count = self._count + (weight.sum() if weight is not None else len(norms))
 
     def end_epoch(self, current: float) -> float:
         """σ_next = σ × mean clipped norm / C, so that std_next = σ × mean clipped norm; unchanged if no samples."""
-        multiplier = self.base_noise * float(self._sum) / self._count / self.clip if self._count else current
+        count = float(self._count)
+        multiplier = self.base_noise * float(self._sum) / count / self.clip if count else current
         self._sum, self._count = torch.zeros(()), 0
         return multiplier
 
     def state(self, multiplier: float) -> dict:
-        return {"noise_multiplier": multiplier, "norm_sum": float(self._sum), "count": self._count}
+        return {"noise_multiplier": multiplier, "norm_sum": float(self._sum), "count": float(self._count)}
 
     def load(self, state: dict) -> float:
         self._sum, self._count = torch.tensor(state["norm_sum"]), state["count"]

@@ -48,6 +48,7 @@ class DPSGDConfig:
     delta: float = 1e-5
     accountant: str = "rdp"
     grad_sample_mode: str = "auto"
+    fixed_shape: bool | None = None  # pad Poisson batches to buckets (exact; bk/vmap); null: on CUDA only
 
 
 @DP.register("none", NoDPConfig)

@@ -73,14 +73,17 @@ class FastDPOptimizer:
     def load_state_dict(self, state: dict) -> None:
         self.original_optimizer.load_state_dict(state)
 
-    def private_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One DP-SGD step on the batch ``(x, y)``; returns the batch's summed (detached) loss."""
+    def private_step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """One DP-SGD step on the batch ``(x, y)``; returns the batch's summed (detached) loss.
+
+        ``weight`` marks a fixed-shape batch's real rows (1) and padding (0, contributing exactly nothing).
+        """
         clip, scale = self.max_grad_norm, 1.0 / self.expected_batch_size
         std = self.noise_multiplier * clip * scale  # (σC·z)/(q·n), drawn as σC/(q·n)·z
         if len(x):
-            sums, loss_sum, norms = self.clipped_sum(x, y, clip=clip, scale=scale)
+            sums, loss_sum, norms = self.clipped_sum(x, y, clip=clip, scale=scale, weight=weight)
             if self.adaptive:
-                self.tracker.record(norms)
+                self.tracker.record(norms, weight)
         else:  # an empty Poisson batch is still a step: the update is pure noise
             sums, loss_sum = [torch.zeros_like(p) for p in self.params], torch.zeros((), device=x.device)
         for p, s in zip(self.params, sums):

@@ -34,10 +34,11 @@ from torch.nn import functional as F
 from gsdefense.telemetry import COLUMNS, GradientProbe
 from gsdefense.telemetry_batches import BatchTelemetry
 from gsdefense.training.accounting import PrivateTraining
+from gsdefense.training.batches import PaddedBatch, poisson_batches, poisson_plan, use_fixed_shape, vanilla_batches
 from gsdefense.training.checkpoint import Checkpointer
 from gsdefense.training.dp import DPSGDConfig
 from gsdefense.training.engine import check_dp_model, poisson_rate
-from gsdefense.training.loop import Evaluate, TrainResult, epoch_range, poisson_batches, vanilla_batches
+from gsdefense.training.loop import Evaluate, TrainResult, epoch_range
 from gsdefense.training.optim import AdamConfig, SGDConfig
 from gsdefense.training.per_sample import BookKeepingClippedSum
 from gsdefense.training.stacked import load_member, stack_models
@@ -111,24 +112,28 @@ def train_fused(
         stacked.train()
         if dp is None:
             batches = vanilla_batches(n, schedule.batch_size, generator=sampler, device=device)
+        elif use_fixed_shape(dp.fixed_shape, device):
+            batches = poisson_plan(n, sample_rate, generator=sampler, device=device)
         else:
             batches = poisson_batches(n, sample_rate, generator=sampler, device=device)
         loss_sum = torch.zeros(len(members), device=device)
         seen = 0
         if shared is not None:
             shared.reset()
-        for idx in batches:
+        for batch in batches:
+            idx, weight, size = (batch.idx, batch.weight, batch.size) if isinstance(batch, PaddedBatch) else (
+                batch, None, len(batch))  # fmt: skip
             if shared is not None:
                 shared.arm()
             if dp is None:
                 grads, losses = _mean_gradients(stacked, params, x[idx], y[idx])
             else:
-                grads, losses = _private_gradients(engine, states, x[idx], y[idx], clips=clips, scale=scale)
+                grads, losses = _private_gradients(engine, states, x[idx], y[idx], weight, clips=clips, scale=scale)
             if shared is not None:
-                shared.record_captured(idx)  # the forward above ran at the pre-update parameters
+                shared.record_captured(idx, weight)  # the forward above ran at the pre-update parameters
             optimizer.step(grads)
             loss_sum += losses
-            seen += len(idx)
+            seen += size
             step += 1
             if probe_every and step % probe_every == 0:
                 for k, st in enumerate(states):
@@ -183,10 +188,10 @@ def _mean_gradients(stacked, params, x, y) -> tuple[list[torch.Tensor], torch.Te
     return list(grads), losses.detach().sum(1)
 
 
-def _private_gradients(engine, states, x, y, *, clips, scale) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _private_gradients(engine, states, x, y, weight, *, clips, scale) -> tuple[list[torch.Tensor], torch.Tensor]:
     """DP: clipped sums for all members, then each member's own noise and accountant step."""
     if len(x):
-        sums, losses, _ = engine.members(x, y, clip=clips, scale=scale)
+        sums, losses, _ = engine.members(x, y, clip=clips, scale=scale, weight=weight)
     else:  # an empty Poisson batch is still a step: the update is pure noise
         sums = [torch.zeros_like(p) for p in engine.model.parameters() if p.requires_grad]
         losses = torch.zeros(len(states), device=x.device)

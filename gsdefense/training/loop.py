@@ -1,8 +1,9 @@
 """One training loop for vanilla and DP training, on tensors already on the device.
 
-Batches are index tensors drawn on the device: a shuffled partition per epoch for
-vanilla training, independent Bernoulli(q) masks (Poisson sampling) for DP-SGD.
-No per-sample Python runs inside an epoch.
+Batches are index tensors drawn on the device (``batches``): a shuffled partition per epoch for
+vanilla training, independent Bernoulli(q) masks (Poisson sampling) for DP-SGD, padded to one
+shape for the hook-free DP engines (``dp.fixed_shape``; exact: padding has weight 0). No
+per-sample Python runs inside an epoch, and no per-step host read of a batch size.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from gsdefense.telemetry import GradientProbe
+from gsdefense.training.batches import PaddedBatch, poisson_batches, poisson_plan, use_fixed_shape, vanilla_batches
 from gsdefense.training.checkpoint import Checkpointer
 from gsdefense.training.dp import DPSGDConfig, private_training
-from gsdefense.training.engine import steps_per_epoch
 from gsdefense.training.fast_dp import FastDPOptimizer
 from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig
 
@@ -47,16 +48,6 @@ def epoch_range(first: int, total: int, desc: str):
 
         return tqdm(range(first, total + 1), desc=desc, leave=False, initial=first - 1, total=total)
     return range(first, total + 1)
-
-
-def vanilla_batches(n: int, batch_size: int, *, generator: torch.Generator, device: torch.device):
-    perm = torch.randperm(n, generator=generator, device=device)
-    return perm.split(batch_size)
-
-
-def poisson_batches(n: int, sample_rate: float, *, generator: torch.Generator, device: torch.device):
-    for _ in range(steps_per_epoch(sample_rate)):
-        yield (torch.rand(n, generator=generator, device=device) < sample_rate).nonzero().squeeze(1)
 
 
 def train(
@@ -129,19 +120,23 @@ def train(
         module.train()
         if private is None:
             batches = vanilla_batches(n, optimizer_cfg.batch_size, generator=sampler, device=device)
+        elif fast and use_fixed_shape(dp.fixed_shape, device):
+            batches = poisson_plan(n, private.sample_rate, generator=sampler, device=device)
         else:
             batches = poisson_batches(n, private.sample_rate, generator=sampler, device=device)
         loss_sum = torch.zeros((), device=device)
         seen = 0
         if probe is not None:
             probe.begin_epoch()
-        for idx in batches:
+        for batch in batches:
+            idx, weight, size = (batch.idx, batch.weight, batch.size) if isinstance(batch, PaddedBatch) else (
+                batch, None, len(batch))  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             if probe is not None:
                 probe.begin_step(model, x[idx])
             if fast:
-                loss_sum += optimizer.private_step(x[idx], y[idx])
-                seen += len(idx)
+                loss_sum += optimizer.private_step(x[idx], y[idx], weight)
+                seen += size
             else:
                 out = module(x[idx])
                 if len(idx):
@@ -155,7 +150,7 @@ def train(
                 optimizer.step()
             step += 1
             if probe is not None:
-                probe.end_step(idx)
+                probe.end_step(idx, weight)
             if probe_every and step % probe_every == 0:
                 result.step_telemetry.append({"epoch": epoch, "step": step, **probe.probe_row(model)})
         train_loss = (loss_sum / max(seen, 1)).item()

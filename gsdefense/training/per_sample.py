@@ -55,7 +55,9 @@ class VmapClippedSum:
 
         self._per_sample = vmap(grad_and_value(loss), in_dims=(None, None, 0, 0))
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, clip: float, scale: float = 1.0) -> Result:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, *, clip: float, scale: float = 1.0, weight: torch.Tensor | None = None
+    ) -> Result:
         named = dict(self.model.named_parameters())
         params = {k: named[k].detach() for k in self.names}
         buffers = {k: v for k, v in self.model.named_buffers()}
@@ -63,7 +65,10 @@ class VmapClippedSum:
         flat = [grads[k].reshape(len(x), -1) for k in self.names]
         norms = torch.stack([g.pow(2).sum(1) for g in flat], 1).sum(1).sqrt()
         c = clip_factors(norms, clip, scale)
-        return [torch.einsum("b,b...->...", c, grads[k]) for k in self.names], losses.detach().sum(), norms
+        losses = losses.detach()
+        if weight is not None:  # padding of a fixed-shape batch adds exactly zero
+            c, losses = c * weight, losses * weight
+        return [torch.einsum("b,b...->...", c, grads[k]) for k in self.names], losses.sum(), norms
 
 
 def _member_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -198,12 +203,26 @@ class BookKeepingClippedSum:
         order = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
         self.order = [order[id(p)] for m in self.layers for p in m.parameters(recurse=False) if p.requires_grad]
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, clip: float, scale: float = 1.0) -> Result:
-        sums, losses, norms = self.members(x, y, clip=clip, scale=scale)
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, *, clip: float, scale: float = 1.0, weight: torch.Tensor | None = None
+    ) -> Result:
+        sums, losses, norms = self.members(x, y, clip=clip, scale=scale, weight=weight)
         return [s[0] for s in sums], losses.sum(), norms[0]
 
-    def members(self, x: torch.Tensor, y: torch.Tensor, *, clip: float | torch.Tensor, scale: float = 1.0) -> Result:
-        """Per member m: s·Σ_i c_mi g_mi (M, …) per parameter, Σ_i ℓ_mi (M,), ‖g_mi‖ (M, B)."""
+    def members(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        clip: float | torch.Tensor,
+        scale: float = 1.0,
+        weight: torch.Tensor | None = None,
+    ) -> Result:
+        """Per member m: s·Σ_i w_i c_mi g_mi (M, …) per parameter, Σ_i w_i ℓ_mi (M,), ‖g_mi‖ (M, B).
+
+        ``weight`` (B,) is 1 for a batch's examples and 0 for the padding of a fixed-shape batch
+        (``batches.poisson_plan``): a padded row then adds exactly zero to the sums and the loss.
+        """
         seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def capture(module, inputs, output):
@@ -225,8 +244,11 @@ class BookKeepingClippedSum:
         parts = [LAYERS[type(m)](m, seen[m][0].detach(), g) for m, g in zip(self.layers, out_grads)]
         norms = sum(sq for sq, _ in parts).sqrt().view(members, -1)
         c = clip_factors(norms, clip, scale)
+        losses = losses.detach().view(members, -1)
+        if weight is not None:
+            c, losses = c * weight, losses * weight
         sums = [s for _, weighted in parts for s in weighted(c)]
         ordered: list[torch.Tensor] = [torch.empty(0)] * len(sums)
         for i, s in zip(self.order, sums):
             ordered[i] = s
-        return ordered, losses.detach().view(members, -1).sum(1), norms
+        return ordered, losses.sum(1), norms
