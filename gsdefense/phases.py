@@ -20,6 +20,7 @@ from gsdefense.cache import StaleEntry, cache_key, cached_entry, load_tensor_ent
 from gsdefense.plan import Plan
 from gsdefense.scenario import retrain_optimizer
 from gsdefense.training.loop import TrainResult, train
+from gsdefense.training.trials import Trial, TrialSpec, group_limit, train_trials
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,32 @@ def fit(plan: Plan, x: torch.Tensor, y: torch.Tensor, *, dp, desc: str, **hooks)
     return result
 
 
+def kept_rows(poisoned: PoisonedSet, kept: PoisonedSet) -> torch.Tensor:
+    """Which rows of ``poisoned`` a defense kept: ``Defense.apply`` returns them in order (``defenses.keep``).
+
+    Rows are matched on (x, y, is_poison), then checked: a defense that reorders, alters, or keeps one of two
+    identical rows but not the other cannot be told apart row by row, and is refused with a RuntimeError.
+    """
+    n = len(poisoned.y)
+    if kept is poisoned or len(kept.y) == n:
+        mask = torch.ones(n, dtype=torch.bool, device=poisoned.y.device)
+    else:
+        direction = torch.randn(poisoned.x[0].numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+        def key(s: PoisonedSet) -> torch.Tensor:
+            proj = s.x.flatten(1).double() @ direction.to(s.x.device)
+            return torch.stack([proj, s.y.double(), s.is_poison.double()], 1)
+
+        _, ids = torch.unique(torch.cat([key(poisoned), key(kept)]), dim=0, return_inverse=True)
+        mask = torch.isin(ids[:n], ids[n:])
+    same = int(mask.sum()) == len(kept.y) and all(
+        torch.equal(getattr(poisoned, f)[mask], getattr(kept, f)) for f in ("x", "y", "is_poison")
+    )
+    if not same:
+        raise RuntimeError("the defense did not return an ordered subset of its rows; trials need which it kept")
+    return mask
+
+
 @dataclass
 class TrialRunner:
     """Retraining trials from one pretrained model, for targeted attacks (Poison Frogs).
@@ -118,8 +145,14 @@ class TrialRunner:
     Each trial resumes the pretrained weights and retrains on the clean training
     set plus the trial's poisons, after the run's sanitisation ``defense`` (it sees
     the whole retraining set, as it would see any training set), with the retrain
-    phase's DP setting and a DP noise stream of its own, derived from the run's
-    noise seed and the trial's name.
+    phase's DP setting, a DP noise stream and a batch stream of its own, derived from
+    the run's noise seed (the sampler's: ``plan.seed``) and the trial's name. Batches
+    are defined per trial (``gsdefense.training.trials``): the clean rows' Poisson
+    (DP, q = 1/⌈n_clean/B⌉) or shuffled (vanilla) batches are the run's, shared by
+    every trial; each of the trial's own rows joins them from the trial's batch
+    stream. So a trial computes the same alone (``retrain``) as batched with others
+    (``retrain_sequences``, up to ``max_members`` at once). Any ``dp.grad_sample_mode``
+    trains by book-keeping (the same update; Opacus' hooks cannot stack models).
     """
 
     plan: Plan
@@ -127,6 +160,7 @@ class TrialRunner:
     dp: Any
     acc_ref: float | None
     noise_seed: int = 0
+    max_members: int = 64  # trials trained at once (fewer if memory is short)
     n_removed: int = 0  # summed over trials: what the defense dropped, and how many of those were poisons
     n_poison_removed: int = 0
     n_poisons_offered: int = 0
@@ -143,32 +177,82 @@ class TrialRunner:
     def trial_noise_seed(self, desc: str) -> int:
         return noise_seed(cache_key("trial", {"run": self.noise_seed, "trial": desc}))
 
-    def retraining_set(self, x_extra: torch.Tensor, y_extra: torch.Tensor) -> tuple[PoisonedSet, dict]:
-        """Clean training set + the trial's poisons, after the defense; and what the defense removed."""
+    def trial_batch_seed(self, desc: str) -> int:
+        """Seeds the trial's own rows' batch draws; like the clean sampler, it depends on the seed, not on dp."""
+        return noise_seed(cache_key("trial-batches", {"seed": self.plan.seed, "trial": desc}))
+
+    def _spec(self, trial: Trial, *, until, sequence: int | None) -> tuple[TrialSpec, dict]:
+        """The trial after the defense (which sees clean set + poisons), and what the defense removed."""
         data = self.plan.data
         n = len(data.y_train)
-        poisoned = PoisonedSet(
-            x=torch.cat([data.x_train, x_extra.to(data.x_train.device)]),
-            y=torch.cat([data.y_train, y_extra.to(data.y_train.device)]),
-            is_poison=torch.arange(n + len(y_extra), device=data.y_train.device) >= n,
-        )
+        x_extra, y_extra = trial.x.to(data.x_train.device), trial.y.to(data.y_train.device)
+        poisoned = PoisonedSet(x=torch.cat([data.x_train, x_extra]), y=torch.cat([data.y_train, y_extra]),
+                               is_poison=torch.arange(n + len(y_extra), device=data.y_train.device) >= n)  # fmt: skip
         kept, info = self.plan.defense.apply(poisoned, data=data)
-        self.n_removed += info["n_removed"]
-        self.n_poison_removed += info["n_poison_removed"]
-        self.n_poisons_offered += len(y_extra)
-        return kept, info
+        mask = kept_rows(poisoned, kept)
+        clean_keep = None if bool(mask[:n].all()) else mask[:n]
+        extra = mask[n:]
+        spec = TrialSpec(x_extra=x_extra[extra], y_extra=y_extra[extra], noise_seed=self.trial_noise_seed(trial.desc),
+                         batch_seed=self.trial_batch_seed(trial.desc), clean_keep=clean_keep, desc=trial.desc,
+                         evaluate=trial.evaluate, until=until, sequence=sequence)  # fmt: skip
+        return spec, info
 
-    def retrain(
-        self, x_extra: torch.Tensor, y_extra: torch.Tensor, *, evaluate=None, desc: str = "trial"
-    ) -> TrainResult:
-        kept, info = self.retraining_set(x_extra, y_extra)
+    def _train(self, specs: list[TrialSpec], *, keep_models: bool = False) -> list[TrainResult]:
         optimizer = retrain_optimizer(self.plan.optimizer, self.plan.scenario)
         history = self.pre.accountant_history if self.dp else None  # epsilon covers both private phases
-        result = train(self.pretrained_model().train(), kept.x, kept.y, optimizer_cfg=optimizer, dp=self.dp,
-                       seed=self.plan.seed, evaluate=evaluate, desc=desc, accountant_history=history,
-                       noise_seed=self.trial_noise_seed(desc))  # fmt: skip
+        return train_trials(self.pretrained_model().train(), self.plan.data.x_train, self.plan.data.y_train, specs,
+                            optimizer_cfg=optimizer, dp=self.dp, seed=self.plan.seed, accountant_history=history,
+                            keep_models=keep_models)  # fmt: skip
+
+    def _count(self, info: dict, offered: int) -> None:
+        self.n_removed += info["n_removed"]
+        self.n_poison_removed += info["n_poison_removed"]
+        self.n_poisons_offered += offered
+
+    def retrain(self, x_extra: torch.Tensor, y_extra: torch.Tensor, *, evaluate=None, desc: str = "trial",
+                until=None) -> TrainResult:  # fmt: skip
+        """One trial, alone; it stops after the first epoch row where ``until(row)`` holds (if given)."""
+        spec, info = self._spec(Trial(x_extra, y_extra, desc, evaluate), until=until, sequence=None)
+        [result] = self._train([spec], keep_models=True)
+        self._count(info, len(y_extra))
         result.defense_info = info
         return result
+
+    def retrain_sequences(self, sequences: list[list[Trial]], *, until=None) -> list[list[TrainResult]]:
+        """Per sequence, its trials' results up to its first trial that reached ``until`` (all if none did).
+
+        That is what calling ``retrain`` on each sequence's trials in order, stopping at the first that reached
+        ``until``, returns (and what the defense counters add up); here the trials train in rounds of up to
+        ``max_members`` (memory permitting), filled round-robin with each undecided sequence's next trials. A
+        trial leaves its round once decided, and later trials of a sequence stop once an earlier one succeeded.
+        """
+        limit = min(self.max_members, self._memory_limit())
+        out: list[list[TrainResult]] = [[] for _ in sequences]
+        tried, done = [0] * len(sequences), [False] * len(sequences)
+        while True:
+            batch: list[tuple[int, Trial]] = []
+            while len(batch) < limit:
+                ready = [s for s, seq in enumerate(sequences) if not done[s] and tried[s] < len(seq)]
+                for s in ready[: limit - len(batch)]:
+                    batch.append((s, sequences[s][tried[s]]))
+                    tried[s] += 1
+                if not ready:
+                    break
+            if not batch:
+                return out
+            prepared = [self._spec(trial, until=until, sequence=s) for s, trial in batch]
+            results = self._train([spec for spec, _ in prepared])
+            for (s, trial), (_, info), result in zip(batch, prepared, results):
+                if done[s]:
+                    continue  # after the sequence's first success: never run one after another
+                result.defense_info = info
+                self._count(info, len(trial.y))
+                out[s].append(result)
+                done[s] = result.stopped_epoch is not None
+
+    def _memory_limit(self) -> int:
+        batch = retrain_optimizer(self.plan.optimizer, self.plan.scenario).batch_size
+        return group_limit(self.pretrained_model(), self.plan.data.x_train, rows=2 * batch, private=self.dp is not None)
 
     def defense_metrics(self) -> dict[str, int]:
         return {"n_removed": self.n_removed, "n_poison_removed": self.n_poison_removed,

@@ -61,10 +61,24 @@ class FakeTrials:
     def pretrained_model(self) -> torch.nn.Module:
         return self.model
 
-    def retrain(self, x_extra, y_extra, *, evaluate=None, desc="trial") -> TrainResult:
+    def retrain(self, x_extra, y_extra, *, evaluate=None, desc="trial", until=None) -> TrainResult:
         self.calls.append((x_extra.clone(), y_extra.clone()))
         rows = [{"epoch": e + 1, **row} for e, row in enumerate(self.script(len(self.calls) - 1))]
-        return TrainResult(model=self.model, history=rows)
+        stop = next((i for i, row in enumerate(rows) if until is not None and until(row)), None)
+        result = TrainResult(model=self.model, history=rows if stop is None else rows[: stop + 1])
+        result.stopped_epoch = None if stop is None else rows[stop]["epoch"]
+        return result
+
+    def retrain_sequences(self, sequences, *, until=None) -> list[list[TrainResult]]:
+        """One trial after another, each sequence up to its first trial that reached ``until``."""
+        out = []
+        for trials in sequences:
+            out.append([])
+            for t in trials:
+                out[-1].append(self.retrain(t.x, t.y, evaluate=t.evaluate, desc=t.desc, until=until))
+                if out[-1][-1].stopped_epoch is not None:
+                    break
+        return out
 
 
 # --- crafting -----------------------------------------------------------------------------------------------

@@ -27,16 +27,21 @@ def mean(values: list) -> float | None:
 
 @dataclasses.dataclass
 class Tally:
-    """Per-trial numbers summed over all targets."""
+    """Per-trial numbers summed over all targets.
 
-    rads: list[float] = dataclasses.field(default_factory=list)  # final-epoch RAD of every finished trial
+    A trial stops at its first successful epoch, so a successful trial's "final" epoch is that one.
+    """
+
+    rads: list[float] = dataclasses.field(default_factory=list)  # RAD at the last epoch of every finished trial
     accs: list[float] = dataclasses.field(default_factory=list)
     epsilons: list[float] = dataclasses.field(default_factory=list)
     n_trials: int = 0
     n_diverged: int = 0
+    n_epochs: int = 0  # retraining epochs run, over all trials
 
     def add(self, result: Any, *, acc_ref: float | None) -> None:
         self.n_trials += 1
+        self.n_epochs += len(result.history)
         if result.epsilon is not None:
             self.epsilons.append(result.epsilon)
         if result.status != "ok":
@@ -98,6 +103,7 @@ def summary(rows: list[dict], poisons: list[dict], tally: Tally, *, acc_ref: flo
         "poison_base_agreement": mean([float(p["as_base"]) for p in poisons]),
         "n_trials": tally.n_trials,
         "n_diverged_trials": tally.n_diverged,
+        "n_trial_epochs": tally.n_epochs,
         "epsilon": max(tally.epsilons, default=None),
         "seconds_per_target": seconds / n if n else None,
     }

@@ -68,6 +68,7 @@ from gsdefense.cache import StaleEntry, cached_tensors
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
 from gsdefense.io import write_csv
+from gsdefense.training.trials import Trial
 
 log = logging.getLogger(__name__)
 MODES = ("oneshot", "multipoison")
@@ -203,7 +204,7 @@ class PoisonFrogs(Attack):
         return {k: v.to(data.x_test.device) for k, v in entry.items()}
 
     def evaluate(self, *, data: DataBundle, context: RunContext, trials: Any, output_dir: Path) -> dict[str, Any]:
-        """Craft, retrain and judge every target; write ``targets.csv`` and ``poisons.csv``; return the metrics."""
+        """Craft for every target, retrain all trials (batched), judge; write ``targets.csv``, ``poisons.csv``."""
         cfg = self.cfg
         start = time.perf_counter()
         model = trials.pretrained_model()
@@ -211,7 +212,7 @@ class PoisonFrogs(Attack):
         key = getattr(trials, "pretrained_key", None) or fc.state_digest(model)
         pool = (data.y_test == cfg.base_class).nonzero().squeeze(1)
         pool_feat = fc.features(extractor, data.x_test[pool])
-        tally, rows, poisons_csv = Tally(), [], []
+        targets = []  # (target, its bases in trial order, its kept poisons, their clean-label stats)
         for target in self._targets(data, model, seed=context.seed).tolist():
             target_feat = fc.features(extractor, data.x_test[target][None])[0]
             bases = pool[fc.nearest(target_feat, pool_feat, cfg.candidates_per_target)]
@@ -220,37 +221,57 @@ class PoisonFrogs(Attack):
             kept = {name: value[order] for name, value in crafted.items()}
             stats = clean_label_stats(model, kept["poisons"], data.x_test[bases[order]], data.x_test[target],
                                       base_class=cfg.base_class)  # fmt: skip
-            row = self._attack_target(data, target, kept["poisons"], kept["feature_distance"], trials=trials,
-                                      tally=tally)  # fmt: skip
+            targets.append((target, bases[order], kept, stats))
+        sequences = [self._trials(data, target, kept["poisons"]) for target, _, kept, _ in targets]
+        verdict = self._verdict(trials.acc_ref)
+        results = trials.retrain_sequences(sequences, until=lambda row: verdict([row]) is not None)
+        tally, rows, poisons_csv = Tally(), [], []
+        for (target, bases, kept, stats), tried in zip(targets, results):
+            row = self._target_row(target, kept, tried, verdict=verdict, tally=tally, acc_ref=trials.acc_ref)
             row.update(poison_base_distance=mean(stats["base_distance"].tolist()),
                        poison_base_agreement=mean(stats["as_base"].float().tolist()))  # fmt: skip
             rows.append(row)
-            poisons_csv += poison_rows(target, bases[order], kept, stats, tried=row["trials"])
+            poisons_csv += poison_rows(target, bases, kept, stats, tried=row["trials"])
         write_csv(Path(output_dir) / "targets.csv", rows)
         write_csv(Path(output_dir) / "poisons.csv", poisons_csv)
         return summary(rows, poisons_csv, tally, acc_ref=trials.acc_ref, seconds=time.perf_counter() - start)
 
-    def _attack_target(self, data, target: int, poisons, dist, *, trials: Any, tally: Tally) -> dict[str, Any]:
-        """Up to ``max_poisons`` retraining trials for one target (sorted poisons); its targets.csv row."""
-        cfg = self.cfg
+    def _chosen(self, k: int) -> slice:
+        """The poisons of trial ``k`` (1-based): the k-th alone (oneshot) or the first k (multipoison)."""
+        return slice(k - 1, k) if self.cfg.mode == "oneshot" else slice(0, k)
+
+    def _trials(self, data: DataBundle, target: int, poisons: torch.Tensor) -> list[Trial]:
+        """Up to ``max_poisons`` retraining trials for one target, in order (sorted poisons)."""
         evaluate = self._judge(data, target)
-        row = {"target_index": target, "n_poisons": len(poisons), "success": False, "poisons_used": None,
+        out = []
+        for k in range(1, min(self.cfg.max_poisons, len(poisons)) + 1):
+            x = poisons[self._chosen(k)]
+            y = torch.full((len(x),), self.cfg.base_class, dtype=data.y_test.dtype, device=data.y_test.device)
+            out.append(Trial(x, y, desc=f"frogs target {target} trial {k}", evaluate=evaluate))
+        return out
+
+    def _verdict(self, acc_ref: float | None):
+        """A trial's history → its first successful epoch row (``first_success``), or None."""
+        cfg = self.cfg
+        return lambda history: first_success(history, base_class=cfg.base_class, acc_ref=acc_ref, max_rad=cfg.max_rad)
+
+    def _target_row(self, target: int, kept, tried: list, *, verdict, tally: Tally, acc_ref) -> dict[str, Any]:
+        """The target's targets.csv row from its trials' results (in order, up to its first success)."""
+        dist = kept["feature_distance"]
+        row = {"target_index": target, "n_poisons": len(dist), "success": False, "poisons_used": None,
                "trials": 0, "success_epoch": None, "feature_distance": float(dist.min()) if len(dist) else None,
                "prob_true": None, "prob_base": None}  # fmt: skip
-        for k in range(1, min(cfg.max_poisons, len(poisons)) + 1):
-            chosen = slice(k - 1, k) if cfg.mode == "oneshot" else slice(0, k)
-            x = poisons[chosen]
-            y = torch.full((len(x),), cfg.base_class, dtype=data.y_test.dtype, device=data.y_test.device)
-            result = trials.retrain(x, y, evaluate=evaluate, desc=f"frogs target {target} trial {k}")
+        for k, result in enumerate(tried, start=1):
             row["trials"] = k
-            tally.add(result, acc_ref=trials.acc_ref)
+            tally.add(result, acc_ref=acc_ref)
             if result.status != "ok":
                 continue
-            hit = first_success(result.history, base_class=cfg.base_class, acc_ref=trials.acc_ref, max_rad=cfg.max_rad)
+            hit = verdict(result.history)
             shown = hit or result.history[-1]
             row.update(prob_true=shown.get("prob_true"), prob_base=shown.get("prob_base"))
             if hit is not None:
-                row.update(success=True, poisons_used=len(x), success_epoch=hit["epoch"],
+                chosen = self._chosen(k)
+                row.update(success=True, poisons_used=len(dist[chosen]), success_epoch=hit["epoch"],
                            feature_distance=float(dist[chosen].min()))  # fmt: skip
                 break
         return row
