@@ -74,6 +74,8 @@ class VmapClippedSum:
 def _member_sum(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Σ_i c_mi · g_mi per member: c (M, B), g (M·B, …) member-major → (M, …)."""
     m, b = c.shape
+    if m == 1:  # one model: a plain matrix-vector product (fewer dispatches than bmm and its views)
+        return torch.mv(g.reshape(b, -1).t(), c[0]).view(1, *g.shape[1:])
     return torch.bmm(c.unsqueeze(1), g.reshape(m, b, -1)).view(m, *g.shape[1:])
 
 
@@ -87,10 +89,18 @@ def _linear(m: nn.Linear, a: torch.Tensor, b: torch.Tensor):
     w_on, b_on = _trains(m)
     if a.dim() == 2:  # ghost norm: ‖b aᵀ‖² = ‖a‖²‖b‖², and ‖bias grad‖² = ‖b‖²
         b_sq = (b * b).sum(1)
-        sq = b_sq * ((a * a).sum(1) * w_on + b_on)
+        if w_on:
+            a_sq = (a * a).sum(1)
+            sq = b_sq * (a_sq + 1.0) if b_on else b_sq * a_sq
+        else:
+            sq = b_sq
 
         def ghost_weighted(c):
             members = len(c)
+            if members == 1:  # one model: plain matrix products
+                cb = b * c.reshape(-1, 1)
+                w = [torch.mm(cb.t(), a)[None]] if w_on else []
+                return w + ([cb.sum(0, keepdim=True)] if b_on else [])
             cb = (b * c.reshape(-1, 1)).view(members, -1, b.shape[-1])
             w = [torch.bmm(cb.transpose(1, 2), a.view(members, -1, a.shape[-1]))] if w_on else []
             return w + ([cb.sum(1)] if b_on else [])
