@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from gsdefense.cache import StaleEntry, cache_key, cached_entry, load_tensor_ent
 from gsdefense.plan import Plan
 from gsdefense.scenario import retrain_optimizer
 from gsdefense.training.loop import TrainResult, train
-from gsdefense.training.trials import Trial, TrialSpec, group_limit, train_trials
+from gsdefense.training.trials import Trial, TrialSpec, train_trials
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,13 @@ class TrialRunner:
     n_removed: int = 0  # summed over trials: what the defense dropped, and how many of those were poisons
     n_poison_removed: int = 0
     n_poisons_offered: int = 0
+    n_epochs_trained: int = 0  # retraining epochs run by retrain_sequences, speculative trials included
+
+    def __post_init__(self) -> None:
+        mode = getattr(self.dp, "grad_sample_mode", None)
+        if mode in ("hooks", "functorch"):
+            log.warning("dp.grad_sample_mode=%s: retraining trials train stacked, by book-keeping (the same update)",
+                        mode)  # fmt: skip
 
     @property
     def pretrained_key(self) -> str:
@@ -242,6 +250,7 @@ class TrialRunner:
                 return out
             prepared = [self._spec(trial, until=until, sequence=s) for s, trial in batch]
             results = self._train([spec for spec, _ in prepared])
+            self.n_epochs_trained += sum(len(r.history) for r in results)
             for (s, trial), (_, info), result in zip(batch, prepared, results):
                 if done[s]:
                     continue  # after the sequence's first success: never run one after another
@@ -253,6 +262,31 @@ class TrialRunner:
     def _memory_limit(self) -> int:
         batch = retrain_optimizer(self.plan.optimizer, self.plan.scenario).batch_size
         return group_limit(self.pretrained_model(), self.plan.data.x_train, rows=2 * batch, private=self.dp is not None)
+
+
+def group_limit(model: nn.Module, x: torch.Tensor, *, rows: int, private: bool, fraction: float = 0.25) -> int:
+    """How many members fit in ``fraction`` of the free memory, for steps of ``rows`` rows per member.
+
+    Per member: 4 copies of the parameters (weights, gradients, optimizer state, noise), and per row its
+    layer outputs thrice (forward, output gradients, book-keeping) plus, with DP, its conv per-sample gradients.
+    """
+    acts: list[int] = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(lambda m, i, o: acts.append(o.numel())) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    conv = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d)) if private else 0
+    per_row = 4 * (3 * sum(acts) + conv)
+    per_member = 16 * sum(p.numel() for p in model.parameters()) + rows * per_row
+    if x.device.type == "cuda":
+        free = torch.cuda.mem_get_info(x.device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(1, int(fraction * free // per_member))
 
     def defense_metrics(self) -> dict[str, int]:
         return {"n_removed": self.n_removed, "n_poison_removed": self.n_poison_removed,

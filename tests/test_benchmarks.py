@@ -23,6 +23,9 @@ from tests.conftest import ROOT
         ("telemetry_overhead.py", ["--repeats", "1", "--epochs", "1", "--models", "mlp", "--datasets", "digits"],
          ["digits", "mlp"]),
         ("neural_cleanse.py", ["--repeats", "1", "--models", "mlp", "--max-epochs", "5"], ["mlp"]),
+        ("frogs_trials.py", ["--targets", "2", "--max-poisons", "2", "--pretrain-epochs", "2", "--retrain-epochs", "2",
+                             "--max-iters", "50", "--mode", "oneshot", "--dp", "dpsgd"],
+         ["oneshot", "dpsgd", "batched"]),
     ],
 )  # fmt: skip
 def test_benchmark_script_runs_and_prints_its_table(script, args, row_start):

@@ -36,17 +36,22 @@ success with poisons that the model itself already labels as the target, i.e. mi
 ``max_feature_distance`` (3.5) is in Hong's Purchase-LR units; a better-trained model (larger features) keeps fewer.
 
 Crafted poisons are cached per (pretrained weights, feature space, target, candidates, crafting settings), so a
-DP grid over one pretrained model crafts once. Trials of different targets are independent but run one after
-another (each is a full retraining through the TrialRunner); only crafting is batched. Cost on digits/MLP
-(retrain 10 epochs, ≤ 10 trials, 1 CPU thread): about 1.3 s per target vanilla, about 19 s with DP-SGD (Opacus
-per-sample gradients, and failing targets use all their trials).
+DP grid over one pretrained model crafts once. All targets are crafted first; then their trials retrain
+together (``TrialRunner.retrain_sequences``, ``gsdefense.training.trials``): up to ``max_members`` trials of
+several targets train as the members of one stacked model, each with its own poisons, defense, DP noise stream
+and accountant. A trial stops at its first successful epoch (as the original stops at the first flip); a
+target's later trials stop once an earlier one succeeded, and only the trials up to its first success count,
+so the verdicts, epochs, ε and tallies are those of running the trials one after another (tested). Cost on
+digits/MLP (``benchmarks/frogs_trials.py``: 10 targets × 10 trials, retrain 10 epochs, 1 CPU thread): see the
+README's Performance section.
 
 Deviations from the papers: targets are drawn among correctly classified test samples (a misclassified target
 proves nothing); fewer than ``candidates_per_target`` bases are used when the test set has fewer (digits: ~45);
 ``max_poisons`` also caps the one-shot trials (the original tried all ~100 poisons); crafting stops early once
-converged (on digits the MLP converges in a few hundred iterations); every trial runs all ``retrain_epochs``
-(the original stopped at the first flip, which gives the same verdict); β's default (above). All of them:
-docs/deviations.md.
+converged (on digits the MLP converges in a few hundred iterations); a trial's batches are defined per trial
+(DP: q = 1/⌈n_clean/B⌉ of the clean set, its poisons Poisson-sampled at that q by a stream of their own; vanilla:
+each poison joins the batch of a uniformly random clean position; see ``gsdefense.training.trials``); β's
+default (above). All of them: docs/deviations.md.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,31 +81,6 @@ def check_stackable(model: nn.Module) -> None:
     if reason is not None:
         raise ConfigError("model", f"retraining trials train as a stacked model, but {reason}.",
                           "use model=lr, mlp, cnn or resnet18.")  # fmt: skip
-
-
-def group_limit(model: nn.Module, x: torch.Tensor, *, rows: int, private: bool, fraction: float = 0.25) -> int:
-    """How many members fit in ``fraction`` of the free memory, for steps of ``rows`` rows per member.
-
-    Per member: 4 copies of the parameters (weights, gradients, optimizer state, noise), and per row its
-    layer outputs thrice (forward, output gradients, book-keeping) plus, with DP, its conv per-sample gradients.
-    """
-    acts: list[int] = []
-    leaves = [m for m in model.modules() if not list(m.children())]
-    hooks = [m.register_forward_hook(lambda m, i, o: acts.append(o.numel())) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    conv = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d)) if private else 0
-    per_row = 4 * (3 * sum(acts) + conv)
-    per_member = 16 * sum(p.numel() for p in model.parameters()) + rows * per_row
-    if x.device.type == "cuda":
-        free = torch.cuda.mem_get_info(x.device)[0]
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return max(1, int(fraction * free // per_member))
 
 
 @dataclass
