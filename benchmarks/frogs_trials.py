@@ -2,7 +2,7 @@
 
     python benchmarks/frogs_trials.py [--targets 10] [--max-poisons 10] [--pretrain-epochs 10] [--retrain-epochs 10]
                                       [--mode oneshot multipoison] [--dp dpsgd none] [--clip 1] [--noise 1]
-                                      [--max-members 64] [--threads 1] [--set KEY=VALUE ...]
+                                      [--max-members 64] [--threads 1] [--device cpu] [--set KEY=VALUE ...]
 
 Hong et al. Fig. 5/6 on the embedded digits data (``dataset=digits model=mlp attack=poison_frogs scenario=retrain``,
 9 ← 7, every poison kept so that each target has ``--max-poisons`` trials, default optimizer and dp settings unless
@@ -94,7 +94,7 @@ def _plan(args, mode: str, dp: str, cache: str):
                  "attack.target_true_class=9", "attack.base_class=7", f"attack.max_iters={args.max_iters}",
                  f"scenario.pretrain_epochs={args.pretrain_epochs}", f"scenario.retrain_epochs={args.retrain_epochs}",
                  "attack.max_feature_distance=null", f"dp={dp}", f"cache_dir={cache}", "telemetry.enabled=false",
-                 f"threads={args.threads}", *args.set]  # fmt: skip
+                 f"threads={args.threads}", f"device={args.device}", *args.set]  # fmt: skip
     if dp == "dpsgd":
         overrides += [f"dp.clip={args.clip}", f"dp.noise={args.noise}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -132,9 +132,10 @@ def main() -> None:
     parser.add_argument("--max-members", type=int, default=64)
     parser.add_argument("--arms", nargs="+", default=["before", "alone", "batched"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch={torch.__version__} threads={args.threads} digits/mlp targets={args.targets} "
+    print(f"torch={torch.__version__} device={args.device} threads={args.threads} digits/mlp targets={args.targets} "
           f"max_poisons={args.max_poisons} epochs={args.pretrain_epochs}+{args.retrain_epochs} "
           f"clip={args.clip} noise={args.noise} max_members={args.max_members}")  # fmt: skip
     print(f"{'mode':<12} {'dp':<6} {'arm':<8} {'seconds':>8} {'trials':>7} {'epochs':>7} {'trained':>8} {'asr':>5} "

@@ -45,9 +45,9 @@ from gsdefense.training.accounting import rdp_epsilon
 from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.engine import check_dp_model, poisson_rate, steps_per_epoch
 from gsdefense.training.loop import Evaluate, TrainResult, poisson_batches, vanilla_batches
+from gsdefense.training.optim import OPTIMIZERS
 from gsdefense.training.per_sample import LAYERS, BookKeepingClippedSum, bk_unsupported, clip_factors
 from gsdefense.training.stacked import StackedModel, load_member, stack_models
-from gsdefense.training.stacked_optim import StackedOptimizer
 
 
 @dataclass
@@ -158,14 +158,21 @@ class _Stack:
         self._optimizer()
 
     def _optimizer(self) -> None:
+        """``loop.train``'s own optimizer over the stacked parameters: its update is elementwise, so member m's
+        slice steps as m's own model would (members share the learning rate and the step count)."""
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = StackedOptimizer(self.params, [self.cfg] * len(self.members))
+        self.optimizer = OPTIMIZERS.builder(self.cfg)(self.cfg, self.params)
         self.sums = _MemberSums(self.model) if self.private else None
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        for p, g in zip(self.params, grads):
+            p.grad = g.contiguous()  # torch's fused SGD misreads a transposed gradient (torch 2.14, CPU)
+        self.optimizer.step()
 
     def keep_only(self, positions: list[int]) -> None:
         """Drop every member not at ``positions``: weights, optimizer state and member tensors."""
-        idx = torch.tensor(positions, device=self.keep.device)
-        states = [self.optimizer.member_state(k) for k in positions]
+        idx, m = torch.tensor(positions, device=self.keep.device), len(self.members)
+        states = [self.optimizer.state.get(p, {}) for p in self.params]
         old = dict(self.model.body.named_parameters())
         self.model = stack_models([self.template] * len(positions))
         with torch.no_grad():
@@ -173,7 +180,9 @@ class _Stack:
                 p.copy_(old[name][idx])
         self.members = [self.members[k] for k in positions]
         self._optimizer()
-        self.optimizer.load_member_states(states)
+        for p, state in zip(self.params, states):  # momentum / Adam moments per member; scalars (step) shared
+            self.optimizer.state[p] = {k: v[idx] if torch.is_tensor(v) and v.dim() and len(v) == m else v
+                                       for k, v in state.items()}  # fmt: skip
         for name in ("xe", "ye", "keep", "scale", "norm_sum", "norm_count"):
             setattr(self, name, getattr(self, name)[idx])
 
@@ -216,11 +225,12 @@ def _private_grads(stack: _Stack, xb, yb, mask, *, dp, q: float, adaptive: bool)
     else:  # an empty Poisson batch is still a step: the update is pure noise
         grads = [torch.zeros_like(p) for p in stack.params]
         losses = torch.zeros(len(stack.members), device=xb.device)
-    for k, st in enumerate(stack.members):
+    rows = list(zip(*(g.unbind(0) for g in grads)))  # member k's slice of every parameter, in order
+    for st, own in zip(stack.members, rows):
         std = st.sigma * dp.clip * st.scale
         if std > 0:
-            for g in grads:
-                g[k].add_(torch.normal(mean=0.0, std=std, size=g[k].shape, device=g.device, generator=st.noise_gen))
+            for g in own:
+                g.add_(torch.normal(mean=0.0, std=std, size=g.shape, device=g.device, generator=st.noise_gen))
         st.accountant.step(noise_multiplier=st.sigma, sample_rate=q)
     return grads, losses
 
@@ -336,7 +346,7 @@ def train_trials(
                                                adaptive=isinstance(dp, AdaptiveDPConfig))  # fmt: skip
             else:
                 grads, losses = _vanilla_grads(stack, xb, yb, mask)
-            stack.optimizer.step(grads)
+            stack.step(grads)
             loss_sum += losses
             seen += mask.sum(1)
         train_loss = (loss_sum / seen.clamp_min(1)).tolist()
