@@ -7,7 +7,7 @@ python launch.py -m dp.clip=0.1,1,4 dp.noise=0.4,4.0 attack=blend
 import hydra
 from omegaconf import DictConfig
 
-from gsdefense.launch import main_task
+from gsdefense.launch import exit_now, main_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -16,4 +16,8 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as done:
+        exit_now(done.code)
+    exit_now(0)

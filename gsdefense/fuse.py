@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gsdefense.cache import cache_key, cached_json, json_path, noise_seed
 from gsdefense.errors import ConfigError
-from gsdefense.identity import identity, run_id, run_noise_seed
+from gsdefense.identity import Identity
 from gsdefense.outputs import claim
 from gsdefense.plan import Plan, prepare
 from gsdefense.posttrain import detect
@@ -100,6 +100,7 @@ class _Job:
     cfg: DictConfig
     output_dir: Path
     ident: str
+    noise_seed: int
     plan: Plan | None = None
 
 
@@ -111,13 +112,14 @@ def run_group(cfgs: list[DictConfig], output_dirs: list[Path]) -> list[dict]:
     for i, (cfg, out) in enumerate(zip(cfgs, output_dirs)):
         out = Path(out)
         try:
-            ident = run_id(cfg)
-            if (done := claim(out, ident, resume=bool(cfg.resume), config=identity(cfg))) is not None:
+            who = Identity.of(cfg)
+            ident = who.run_id
+            if (done := claim(out, ident, resume=bool(cfg.resume), config=who.config)) is not None:
                 log.info("run %s is already complete in %s; skipping", ident, out)
                 metrics[i] = done
                 continue
             shared = jobs[0].plan.loaded if jobs and _same_data(cfg, jobs[0].cfg) else None  # load the data once
-            jobs.append(_Job(i, cfg, out, ident, prepare(cfg, data=shared)))
+            jobs.append(_Job(i, cfg, out, ident, who.noise_seed, prepare(cfg, data=shared)))
         except Exception as err:  # noqa: BLE001 - a bad member is recorded, the others train
             metrics[i] = record_failure(out, err, cfg)
     if len(jobs) == 1:  # the others are complete or invalid
@@ -157,7 +159,7 @@ def _train_group(jobs: list[_Job], start: float) -> list[dict]:
         members.append(
             FusedMember(
                 model=job.plan.build_model(), optimizer=job.plan.optimizer, dp=job.plan.dp,
-                noise_seed=run_noise_seed(job.cfg), desc=f"train {job.output_dir.name}", evaluate=p.evaluate,
+                noise_seed=job.noise_seed, desc=f"train {job.output_dir.name}", evaluate=p.evaluate,
                 probe=p.probe(job.plan), checkpointer=checkpointer,
             )
         )  # fmt: skip

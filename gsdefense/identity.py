@@ -9,6 +9,7 @@ numbers. Invalid configs raise ``ConfigError`` here, before anything is written.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
@@ -94,12 +95,25 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 def run_id(cfg: DictConfig) -> str:
     """A deterministic id: the hash of the typed config, without paths and execution settings."""
-    return cache_key("run", identity(cfg))
+    return Identity.of(cfg).run_id
 
 
 def run_noise_seed(cfg: DictConfig) -> int:
     """The run's DP noise seed: a hash of what it trains (groups and seed), so every config of a grid draws
     independent noise, fused or not, while telemetry or execution settings leave it unchanged."""
-    spec = _groups_dict(typed_groups(cfg))
-    spec["seed"] = check_seed(cfg.seed, field="seed")
-    return noise_seed(cache_key("noise", spec))
+    return Identity.of(cfg).noise_seed
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A run's identity, validated once: the typed config, its ``run_id`` and its DP ``noise_seed``."""
+
+    config: dict[str, Any]
+    run_id: str
+    noise_seed: int
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> Identity:
+        config = identity(cfg)
+        spec = {key: config[key] for key in (*GROUPS, "seed")}
+        return cls(config=config, run_id=cache_key("run", config), noise_seed=noise_seed(cache_key("noise", spec)))

@@ -22,8 +22,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def atomic_write(path: str | Path, write: Callable[[IO], None], *, mode: str = "w") -> None:
-    """Write via a temp file in the same directory, fsync, then ``os.replace``."""
+def atomic_write(path: str | Path, write: Callable[[IO], None], *, mode: str = "w", fsync: bool = True) -> None:
+    """Write via a temp file in the same directory, fsync (unless ``fsync=False``), then ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,7 +31,8 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], *, mode: str = "
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ failed) and the sweep goes on; ``SweepSummary`` reports failures at the end.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -44,3 +45,15 @@ def main_task(cfg: DictConfig) -> dict:
         if multirun:
             return metrics
         raise
+
+
+def exit_now(code: int | str | None) -> None:
+    """Leave the process once everything is written: flush, close the logs, and skip the interpreter's
+    teardown of torch's modules (~2 s per process, measured), which has nothing left to save."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(status)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from gsdefense import metrics as M
 from gsdefense.cache import cache_key, cached_json, noise_seed
 from gsdefense.errors import ConfigError
-from gsdefense.identity import identity, run_id, run_noise_seed
+from gsdefense.identity import Identity, run_id
 from gsdefense.io import atomic_write, write_csv, write_json
 from gsdefense.outputs import claim, claim_for_failure
 from gsdefense.phases import TrialRunner, fit, pretrained
@@ -96,8 +96,9 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     """
     start = time.perf_counter()
     output_dir = Path(output_dir)
-    ident = run_id(cfg)
-    if (done := claim(output_dir, ident, resume=bool(cfg.resume), config=identity(cfg))) is not None:
+    who = Identity.of(cfg)  # validated once; its id names the folder's outputs and seeds the noise
+    ident = who.run_id
+    if (done := claim(output_dir, ident, resume=bool(cfg.resume), config=who.config)) is not None:
         log.info("run %s is already complete in %s; skipping (resume=false recomputes)", ident, output_dir)
         return done
     checkpointer = checkpointer_for(cfg, output_dir, tag=ident)
@@ -105,15 +106,15 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if getattr(plan.attack, "targeted", False):
-        metrics = _run_targeted(plan, output_dir, noise_seed=run_noise_seed(cfg))
+        metrics = _run_targeted(plan, output_dir, noise_seed=who.noise_seed)
     else:
         poisoned = poison(plan)
         result = fit(plan, poisoned.x, poisoned.y, dp=plan.dp, desc="train", evaluate=poisoned.evaluate,
-                     probe=poisoned.probe(plan), checkpointer=checkpointer, noise_seed=run_noise_seed(cfg))  # fmt: skip
+                     probe=poisoned.probe(plan), checkpointer=checkpointer, noise_seed=who.noise_seed)  # fmt: skip
         ref = reference_accuracy(plan, dp=None)
         ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else ref
         metrics = finish(plan, poisoned, result, output_dir, ref=ref, ref_dp=ref_dp, save_model=cfg.save_model)
-        metrics |= detect(plan, poisoned.evaluate, result, output_dir, acc_ref=ref.clean_acc, seed=run_noise_seed(cfg))
+        metrics |= detect(plan, poisoned.evaluate, result, output_dir, acc_ref=ref.clean_acc, seed=who.noise_seed)
     return complete(metrics, ident=ident, start=start, plan=plan, output_dir=output_dir, checkpointer=checkpointer)
 
 
@@ -131,7 +132,8 @@ def checkpointer_for(cfg: DictConfig, output_dir: Path, *, tag: str) -> Checkpoi
     checkpoint = checkpoint_config(cfg.checkpoint)
     if not checkpoint.every_n_epochs:
         return None
-    checkpointer = Checkpointer(output_dir / "checkpoint.pt", every_n_epochs=checkpoint.every_n_epochs, tag=tag)
+    checkpointer = Checkpointer(output_dir / "checkpoint.pt", every_n_epochs=checkpoint.every_n_epochs, tag=tag,
+                                min_seconds=checkpoint.min_seconds)  # fmt: skip
     if not cfg.resume:
         checkpointer.clear()
     return checkpointer

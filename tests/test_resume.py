@@ -77,7 +77,7 @@ def test_checkpoint_round_trip_gives_identical_training_and_accounting(tmp_path)
 
 @pytest.mark.slow
 def test_sigkilled_run_relaunched_ends_like_an_uninterrupted_one(tmp_path):
-    args = ["optimizer.epochs=10", "optimizer.batch_size=128"]
+    args = ["optimizer.epochs=10", "optimizer.batch_size=128", "checkpoint.min_seconds=0"]
     env = {**os.environ, "GSDEFENSE_CACHE_DIR": str(tmp_path / "cache")}
     victim = tmp_path / "victim"
     proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args, f"hydra.run.dir={victim}"], cwd=ROOT,

@@ -292,6 +292,7 @@ def test_requeued_job_resumes_and_ends_ok(slurm, tmp_path, interrupt):
         "-m",
         "optimizer.epochs=30",
         "optimizer.batch_size=128",
+        "checkpoint.min_seconds=0",  # a checkpoint every epoch, so the requeued run has one to resume from
         *slurm_overrides(name),
         f"hydra.sweep.dir={sweep}",
         env=slurm,
@@ -356,7 +357,7 @@ def test_requeued_fused_group_resumes_from_its_members_checkpoints(slurm, tmp_pa
     sweep, epochs = tmp_path / "sweep", 120
     overrides = slurm_overrides(name, launcher="fused_slurm", node="hydra.launcher.submitit")
     proc = popen_cli("-m", "dp.clip=0.5,2", f"optimizer.epochs={epochs}", "optimizer.batch_size=16", *overrides,
-                     f"hydra.sweep.dir={sweep}", env=slurm)  # fmt: skip
+                     "checkpoint.min_seconds=0", f"hydra.sweep.dir={sweep}", env=slurm)  # fmt: skip
     try:
         # a group logs through submitit's root handler, to the task's stderr
         job, log = wait_for_log(sweep, "*", f"train fused×2 epoch 3/{epochs}", proc, stream="err")

@@ -231,10 +231,11 @@ def _end_epoch(
 
 def _save(states, stacked, optimizer, sampler, *, epoch: int, step: int, elapsed: float, last: int) -> None:
     """Each member's checkpoint holds its own slice; all members are saved at the same epoch."""
+    checkpointers = [st.spec.checkpointer for st in states]
+    if any(ck is None for ck in checkpointers) or not (checkpointers[0].due(epoch) or epoch == last):
+        return  # one decision for the whole group: a resume needs every member at the same epoch
     for k, st in enumerate(states):
         ck = st.spec.checkpointer
-        if ck is None or not (ck.due(epoch) or epoch == last):
-            continue
         ck.save(
             {
                 "fused": True,
