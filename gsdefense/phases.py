@@ -259,6 +259,10 @@ class TrialRunner:
                 out[s].append(result)
                 done[s] = result.stopped_epoch is not None
 
+    def defense_metrics(self) -> dict[str, int]:
+        return {"n_removed": self.n_removed, "n_poison_removed": self.n_poison_removed,
+                "n_poisons_offered": self.n_poisons_offered}  # fmt: skip
+
     def _memory_limit(self) -> int:
         batch = retrain_optimizer(self.plan.optimizer, self.plan.scenario).batch_size
         return group_limit(self.pretrained_model(), self.plan.data.x_train, rows=2 * batch, private=self.dp is not None)
@@ -287,7 +291,3 @@ def group_limit(model: nn.Module, x: torch.Tensor, *, rows: int, private: bool, 
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return max(1, int(fraction * free // per_member))
-
-    def defense_metrics(self) -> dict[str, int]:
-        return {"n_removed": self.n_removed, "n_poison_removed": self.n_poison_removed,
-                "n_poisons_offered": self.n_poisons_offered}  # fmt: skip

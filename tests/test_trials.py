@@ -239,6 +239,15 @@ def test_the_defense_runs_per_trial_and_each_member_keeps_its_own_rows(tmp_path)
     for (x, y), got in zip(trials, batched):
         ref = alone.retrain(x, y, desc=f"d{len(y)}")
         torch.testing.assert_close(_flat(got.model), _flat(ref.model), atol=1e-5, rtol=1e-4)
+    # Through retrain_sequences, the defense's counters add up over the trials as one after another.
+    sequences = [[Trial(x, y, desc=f"s{i}-{len(y)}") for x, y in trials] for i in range(2)]
+    fresh = {f: getattr(runner, f) for f in ("plan", "pre", "dp", "acc_ref", "noise_seed")}
+    one, many = OneByOne(**fresh), TrialRunner(**fresh)
+    losses = [[[r["train_loss"] for r in res.history] for res in seq] for seq in one.retrain_sequences(sequences)]
+    assert [[[r["train_loss"] for r in res.history] for res in seq] for seq in many.retrain_sequences(sequences)] == [
+        [pytest.approx(loss, rel=1e-5) for loss in seq] for seq in losses]  # fmt: skip
+    assert many.defense_metrics() == one.defense_metrics() and one.defense_metrics()["n_removed"] > 0
+    assert one.defense_metrics()["n_poisons_offered"] == 2 * (1 + 6)
     reordered = PoisonedSet(kept.x.flip(0), kept.y.flip(0), kept.is_poison.flip(0))
     with pytest.raises(RuntimeError, match="ordered subset"):
         kept_rows(poisoned, reordered)
