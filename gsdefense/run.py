@@ -83,7 +83,8 @@ def reference_accuracy(plan: Plan, *, dp) -> Reference:
                                          noise_seed=seed, evaluate=reference_evaluate(plan)))  # fmt: skip
 
     entry, hit = cached_json(plan.cache_dir, "reference", spec, compute, check=_check_reference)
-    log.info("%s clean_acc=%s (%s)", label, entry["clean_acc"], "cached" if hit else "trained")
+    acc = entry["clean_acc"]
+    log.info("%s clean_acc %s (%s)", label, f"{acc:.4f}" if acc is not None else None, "cached" if hit else "trained")
     return Reference(entry["clean_acc"], entry["best_clean_acc"])
 
 
@@ -124,7 +125,21 @@ def complete(metrics: dict, *, ident: str, start: float, plan: Plan, output_dir:
     write_json(output_dir / "metrics.json", metrics)
     if checkpointer is not None:
         checkpointer.clear()  # model.pt keeps the weights
+    log.info("%s", summary_line(metrics, output_dir))
     return metrics
+
+
+def summary_line(metrics: dict, output_dir: Path) -> str:
+    """One line for the console: where, status, and the headline numbers."""
+
+    def num(key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:.3f}" if isinstance(value, float) else "—"
+
+    eps = metrics.get("epsilon")
+    epsilon = f"{eps:.3g}" if isinstance(eps, float) else ("∞/none" if metrics.get("epsilon_note") else "—")
+    return (f"{output_dir}: {metrics.get('status')} | clean_acc {num('clean_acc')} | ASR {num('asr')} | "
+            f"RAD {num('rad')} | ε {epsilon}")  # fmt: skip
 
 
 def checkpointer_for(cfg: DictConfig, output_dir: Path, *, tag: str) -> Checkpointer | None:

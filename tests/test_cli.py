@@ -70,3 +70,14 @@ def test_bad_input_fails_fast_with_a_message_naming_the_field(tmp_path, override
     assert not (run_dir / "history.csv").exists(), "no training may start"
     metrics = run_dir / "metrics.json"
     assert not metrics.exists() or json.loads(metrics.read_text())["status"] == "failed"
+
+
+def test_a_run_ends_with_one_summary_line_and_a_quiet_epoch_log(tmp_path):
+    proc = run_cli("optimizer.epochs=2", "dp.noise=30", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines[-1].endswith(f"{tmp_path}/run: ok | " + lines[-1].split(": ok | ")[1])
+    assert all(part in lines[-1] for part in ("clean_acc", "ASR", "RAD", "ε 0.1"))
+    epochs = [line for line in lines if "train epoch" in line]
+    assert len(epochs) == 2 and all("loss" in e and "ε" in e and "grad_ratio" not in e for e in epochs)
+    assert proc.stderr.count("Optimal order is the") <= 1  # Opacus' repeated accountant warning: once at most

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,9 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+
+# Opacus repeats this for every ε of a large-σ run; the first occurrence says it all.
+warnings.filterwarnings("once", message="Optimal order is the")
 
 
 @dataclass

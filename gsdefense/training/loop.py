@@ -50,6 +50,17 @@ def epoch_range(first: int, total: int, desc: str):
     return range(first, total + 1)
 
 
+WATCHED = {"train_loss": "loss", "clean_acc": "clean_acc", "asr": "ASR", "epsilon": "ε"}
+
+
+def log_epoch(desc: str, epoch: int, epochs: int, row: dict) -> None:
+    """The few numbers a person watches at INFO; the whole row (telemetry included) at DEBUG."""
+    shown = ", ".join(f"{name} {row[key]:.4g}" for key, name in WATCHED.items() if isinstance(row.get(key), float))
+    log.info("%s epoch %d/%d: %s", desc, epoch, epochs, shown)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s epoch %d row: %s", desc, epoch, {k: v for k, v in row.items() if v is not None})
+
+
 def train(
     model: nn.Module,
     x: torch.Tensor,
@@ -191,8 +202,7 @@ def train(
                 }
             )
         if not sys.stderr.isatty():
-            shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
-            log.info("%s epoch %d/%d %s", desc, epoch, optimizer_cfg.epochs, shown)
+            log_epoch(desc, epoch, optimizer_cfg.epochs, row)
     if probe is not None:
         probe.detach()
     if private is not None:
