@@ -71,8 +71,9 @@ BAD_JSON_ENTRIES = {
     "garbage bytes": lambda spec: "\x00{not json",
     "another spec": lambda spec: json.dumps({"spec_json": json.dumps({"a": 999}), "result": {"clean_acc": 0.1}}),
     "no spec": lambda spec: json.dumps({"result": {"clean_acc": 0.1}}),
-    "not finite": lambda spec: json.dumps({"spec_json": json.dumps(spec, sort_keys=True),
-                                           "result": {"clean_acc": float("nan")}}),  # fmt: skip
+    "not finite": lambda spec: json.dumps(
+        {"spec_json": json.dumps(spec, sort_keys=True), "result": {"clean_acc": float("nan")}}
+    ),  # fmt: skip
     "wrong shape": lambda spec: json.dumps([1, 2, 3]),
     "empty file": lambda spec: "",
 }
