@@ -21,7 +21,7 @@ from gsdefense.training import fast_dp, loop
 from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.dp import DPSGDConfig
 from gsdefense.training.engine import poisson_rate
-from gsdefense.training.optim import SGDConfig
+from gsdefense.training.optim import AdamConfig, SGDConfig
 from gsdefense.training.trials import Trial, TrialSpec, check_stackable, train_trials
 from tests.conftest import compose_cfg
 
@@ -159,9 +159,10 @@ def test_each_member_draws_its_own_noise_at_its_own_scale(digits, model):
         assert float(delta.std()) == pytest.approx(expected, rel=0.05)
 
 
-def test_decided_members_leave_and_the_rest_go_on_unchanged(digits, model):
+@pytest.mark.parametrize("opt", [OPT, AdamConfig(lr=0.01, batch_size=64, epochs=3)], ids=["sgd", "adam"])
+def test_decided_members_leave_and_the_rest_go_on_unchanged(digits, model, opt):
     """A member stops after the epoch where ``until`` holds; later trials of its sequence are cancelled; the
-    survivors (restacked) still equal their runs alone."""
+    survivors (restacked with their optimizer state) still equal their runs alone."""
     dp = DPS["dp"]
 
     def after(epoch):
@@ -170,11 +171,11 @@ def test_decided_members_leave_and_the_rest_go_on_unchanged(digits, model):
     specs = [_spec(digits, 1, seed=0, until=after(1), sequence=0), _spec(digits, 2, seed=1, sequence=0),
              _spec(digits, 3, seed=2, until=after(2), sequence=1), _spec(digits, 4, seed=3, sequence=2),
              _spec(digits, 5, seed=4, sequence=1)]  # fmt: skip
-    results = _run(model, digits, specs, dp)
+    results = _run(model, digits, specs, dp, opt=opt)
     assert [len(r.history) for r in results] == [1, 1, 2, 3, 2]
     assert [r.stopped_epoch for r in results] == [1, None, 2, None, None]
     assert [r.cancelled for r in results] == [False, True, False, False, True]
-    [alone] = _run(model, digits, [_spec(digits, 4, seed=3)], dp)
+    [alone] = _run(model, digits, [_spec(digits, 4, seed=3)], dp, opt=opt)
     torch.testing.assert_close(_flat(results[3].model), _flat(alone.model), atol=1e-5, rtol=1e-4)
     assert results[3].epsilon == alone.epsilon > results[0].epsilon
 
