@@ -209,6 +209,32 @@ def test_a_flip_counts_only_at_an_epoch_with_small_rad(tmp_path, digits, pretrai
     assert metrics["rad"] == pytest.approx(0.01 if rad_ok else 0.2)
 
 
+def test_a_trials_object_with_retrain_only_runs_the_trials_one_after_another(tmp_path, digits, pretrained):
+    """The attack needs only ``retrain`` (then every trial runs all its epochs); the verdicts are the same."""
+    attack = _attack(target_true_class=9, base_class=7, n_targets=2, max_poisons=3, max_iters=50, beta=0.1,
+                     max_feature_distance=None)  # fmt: skip
+
+    def script(call):  # the first trial fails; every later one flips the target at epoch 2 of 3
+        flip = 7 if call else 9
+        return [{"clean_acc": 0.9, "target_pred": 9}, {"clean_acc": 0.9, "target_pred": flip}, {"clean_acc": 0.9}]
+
+    full, retrain_only = FakeTrials(pretrained, script), FakeTrials(pretrained, script)
+
+    class RetrainOnly:
+        acc_ref = retrain_only.acc_ref
+        pretrained_model = retrain_only.pretrained_model
+
+        def retrain(self, x, y, *, evaluate=None, desc="trial"):
+            return retrain_only.retrain(x, y, evaluate=evaluate, desc=desc)
+
+    a = attack.evaluate(data=digits, context=_context(tmp_path), trials=full, output_dir=tmp_path / "a")
+    b = attack.evaluate(data=digits, context=_context(tmp_path), trials=RetrainOnly(), output_dir=tmp_path / "b")
+    for key in ("asr", "n_trials", "mean_poisons_needed", "mean_trials_needed"):
+        assert a[key] == b[key], key
+    assert (a["asr"], a["n_trials"], a["mean_trials_needed"]) == (1.0, 3, 1.5)
+    assert (a["n_trial_epochs"], b["n_trial_epochs"]) == (3 + 2 + 2, 3 + 3 + 3)  # early stop vs every epoch
+
+
 @pytest.mark.parametrize("mode", ["oneshot", "multipoison"])
 def test_trials_use_clean_labels_and_sorted_poisons(tmp_path, digits, pretrained, mode):
     attack = _attack(mode=mode, target_true_class=9, base_class=7, n_targets=1, max_poisons=4, max_iters=50,

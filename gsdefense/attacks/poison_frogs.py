@@ -229,7 +229,10 @@ class PoisonFrogs(Attack):
             targets.append((target, bases[order], kept, stats))
         sequences = [self._trials(data, target, kept["poisons"]) for target, _, kept, _ in targets]
         verdict = self._verdict(trials.acc_ref)
-        results = trials.retrain_sequences(sequences, until=lambda row: verdict([row]) is not None)
+        if hasattr(trials, "retrain_sequences"):  # TrialRunner: batched, each trial stopping at its success
+            results = trials.retrain_sequences(sequences, until=lambda row: verdict([row]) is not None)
+        else:  # an object with retrain(x, y, evaluate=, desc=) only: one trial after another, every epoch
+            results = [self._one_after_another(trials, seq, verdict=verdict) for seq in sequences]
         tally, rows, poisons_csv = Tally(), [], []
         for (target, bases, kept, stats), tried in zip(targets, results):
             row = self._target_row(target, kept, tried, verdict=verdict, tally=tally, acc_ref=trials.acc_ref)
@@ -240,6 +243,16 @@ class PoisonFrogs(Attack):
         write_csv(Path(output_dir) / "targets.csv", rows)
         write_csv(Path(output_dir) / "poisons.csv", poisons_csv)
         return summary(rows, poisons_csv, tally, acc_ref=trials.acc_ref, seconds=time.perf_counter() - start)
+
+    @staticmethod
+    def _one_after_another(trials: Any, sequence: list[Trial], *, verdict) -> list:
+        """The sequence's trials through ``trials.retrain``, in order, up to the first successful one."""
+        results = []
+        for t in sequence:
+            results.append(trials.retrain(t.x, t.y, evaluate=t.evaluate, desc=t.desc))
+            if results[-1].status == "ok" and verdict(results[-1].history) is not None:
+                break
+        return results
 
     def _chosen(self, k: int) -> slice:
         """The poisons of trial ``k`` (1-based): the k-th alone (oneshot) or the first k (multipoison)."""
