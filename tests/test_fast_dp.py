@@ -178,3 +178,17 @@ def test_cached_rdp_epsilon_equals_opacus_bit_for_bit():
         for _ in range(k):
             acc.step(noise_multiplier=sigma, sample_rate=q)
         assert rdp_epsilon(acc.history, delta=1e-5) == acc.get_epsilon(1e-5)
+
+
+def test_fused_optimizers_get_contiguous_gradients():
+    """torch 2.14's fused SGD reads a transposed gradient wrongly; the DP step hands over contiguous ones."""
+    from gsdefense.training.optim import OPTIMIZERS
+
+    model = _model("cnn")
+    opt_cfg = SGDConfig(lr=0.1, batch_size=16)
+    private = private_training(model, OPTIMIZERS.builder(opt_cfg)(opt_cfg, model.parameters()),
+                               cfg=DPSGDConfig(clip=1.0, noise=0.0, grad_sample_mode="vmap"), n_train=64,
+                               batch_size=16, noise_generator=torch.Generator().manual_seed(0))  # fmt: skip
+    x, y = _data("cnn", 16)
+    private.optimizer.private_step(x, y)
+    assert all(p.grad.is_contiguous() for p in model.parameters())

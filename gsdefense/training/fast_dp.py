@@ -89,7 +89,8 @@ class FastDPOptimizer:
         for p, s in zip(self.params, sums):
             if std > 0:
                 s = s.add_(torch.normal(mean=0.0, std=std, size=s.shape, device=s.device, generator=self.generator))
-            p.grad = s if s.shape == p.shape else s.view_as(p)
+            # contiguous: torch's fused optimizers (optim._build) misread a strided gradient (torch 2.14, CPU)
+            p.grad = (s if s.shape == p.shape else s.view_as(p)).contiguous()
         self.original_optimizer.step()
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         return loss_sum
