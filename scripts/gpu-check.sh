@@ -13,10 +13,11 @@
 # /tmp/site and the repo root on PYTHONPATH (no `pip install -e .` needed: launch.py, the tests and the
 # benchmarks import gsdefense and hydra_plugins from the repo root). It then prints the environment, runs
 # `pytest -m cuda tests/test_cuda.py` (capped at 200 s), then `benchmarks/gpu_check.py --device cuda` (its
-# own budget 210 s, capped at 250 s), ~3-4 min in all, under 8 min at worst. It writes into OUT_DIR (6 files,
-# within the device tool's 8): env.txt, cuda-tests.log, cuda-tests.xml, benchmark.log, gpu_check.json and
-# gpu_check.md (the table, also printed last).
-# Exit status: 0 when every CUDA test passes (xfails included) and the table is complete; 1 when either
+# own budget 185 s, capped at 220 s), then `benchmarks/frogs_trials.py` (5 targets, capped at 50 s), ~4 min in
+# all, under 8 min at worst. It writes into OUT_DIR (7 files, within the device tool's 8): env.txt,
+# cuda-tests.log, cuda-tests.xml, benchmark.log, gpu_check.json, gpu_check.md (the table, also printed) and
+# frogs-trials.log.
+# Exit status: 0 when every CUDA test passes, the table is complete and the trials benchmark ran; 1 when any
 # fails; 2 when there is no CUDA device.
 set -u
 cd "$(dirname "$0")/.."
@@ -69,7 +70,11 @@ timeout 200 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py 
     --junitxml="$out/cuda-tests.xml" 2>&1 | tee "$out/cuda-tests.log"
 tests=$?
 echo "== benchmark table"
-timeout 250 python3 benchmarks/gpu_check.py --device cuda --budget-s 210 --out "$out" 2>&1 | tee "$out/benchmark.log"
+timeout 220 python3 benchmarks/gpu_check.py --device cuda --budget-s 185 --out "$out" 2>&1 | tee "$out/benchmark.log"
 bench=$?
-echo "gpu-check: CUDA tests exit $tests, benchmark exit $bench; files in $out"
-[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
+echo "== Poison Frogs trials: batched vs one after another"
+timeout 50 python3 benchmarks/frogs_trials.py --device cuda --mode oneshot --dp dpsgd --arms before batched \
+    --targets 5 2>&1 | tee "$out/frogs-trials.log"
+frogs=$?
+echo "gpu-check: CUDA tests exit $tests, benchmark exit $bench, trials exit $frogs; files in $out"
+[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ] && [ "$frogs" -eq 0 ]
