@@ -219,6 +219,14 @@ class BookKeepingClippedSum:
         sums, losses, norms = self.members(x, y, clip=clip, scale=scale, weight=weight)
         return [s[0] for s in sums], losses.sum(), norms[0]
 
+    def _forward(self, x: torch.Tensor, *, own_rows: bool, weight: torch.Tensor | None) -> torch.Tensor:
+        """Logits (M, B, classes): every member on the shared batch, or (``own_rows``) on its own rows."""
+        if own_rows:
+            out = self.model.body(x)  # M·W rows, member-major: member m's weights meet member m's rows
+            return out.view(len(weight), -1, out.shape[-1])
+        out = self.model(x)
+        return out if isinstance(self.model, StackedModel) else out[None]
+
     def members(
         self,
         x: torch.Tensor,
@@ -227,11 +235,16 @@ class BookKeepingClippedSum:
         clip: float | torch.Tensor,
         scale: float = 1.0,
         weight: torch.Tensor | None = None,
+        loss_weight: torch.Tensor | None = None,
+        own_rows: bool = False,
     ) -> Result:
         """Per member m: s·Σ_i w_i c_mi g_mi (M, …) per parameter, Σ_i w_i ℓ_mi (M,), ‖g_mi‖ (M, B).
 
         ``weight`` (B,) is 1 for a batch's examples and 0 for the padding of a fixed-shape batch
         (``batches.poisson_plan``): a padded row then adds exactly zero to the sums and the loss.
+        ``own_rows``: every member of a ``StackedModel`` sees rows of its own (``x``, ``y``: M·W rows,
+        member-major; ``weight`` (M, W)) instead of one batch shared by all (retraining trials);
+        ``loss_weight`` then weighs the losses when it differs from ``weight``.
         """
         seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -242,13 +255,12 @@ class BookKeepingClippedSum:
 
         handles = [m.register_forward_hook(capture) for m in self.layers]
         try:
-            out = self.model(x)
+            out = self._forward(x, own_rows=own_rows, weight=weight)
         finally:
             for h in handles:
                 h.remove()
-        out = out if isinstance(self.model, StackedModel) else out[None]
         members = len(out)
-        labels = y if members == 1 else y.repeat(members)
+        labels = y if members == 1 or own_rows else y.repeat(members)
         losses = F.cross_entropy(out.reshape(-1, out.shape[-1]), labels, reduction="none")
         out_grads = torch.autograd.grad(losses.sum(), [seen[m][1] for m in self.layers])
         parts = [LAYERS[type(m)](m, seen[m][0].detach(), g) for m, g in zip(self.layers, out_grads)]
@@ -256,7 +268,7 @@ class BookKeepingClippedSum:
         c = clip_factors(norms, clip, scale)
         losses = losses.detach().view(members, -1)
         if weight is not None:
-            c, losses = c * weight, losses * weight
+            c, losses = c * weight, losses * (weight if loss_weight is None else loss_weight)
         sums = [s for _, weighted in parts for s in weighted(c)]
         ordered: list[torch.Tensor] = [torch.empty(0)] * len(sums)
         for i, s in zip(self.order, sums):

@@ -46,7 +46,7 @@ from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.engine import check_dp_model, poisson_rate, steps_per_epoch
 from gsdefense.training.loop import Evaluate, TrainResult, poisson_batches, vanilla_batches
 from gsdefense.training.optim import OPTIMIZERS
-from gsdefense.training.per_sample import LAYERS, BookKeepingClippedSum, bk_unsupported, clip_factors
+from gsdefense.training.per_sample import BookKeepingClippedSum, bk_unsupported
 from gsdefense.training.stacked import StackedModel, load_member, stack_models
 
 
@@ -96,7 +96,7 @@ class _Member:
 
 
 class _MemberSums:
-    """``BookKeepingClippedSum.members`` for members that see different rows.
+    """``BookKeepingClippedSum.members`` for members that see different rows (``own_rows``).
 
     ``x``, ``y``: M·W rows, member-major; ``weights`` (M, W) multiply each row's clip factor (0: masked).
     """
@@ -105,23 +105,7 @@ class _MemberSums:
         self.bk = BookKeepingClippedSum(stacked)
 
     def __call__(self, x, y, *, weights, mask, clip: float):
-        bk, seen = self.bk, {}
-        handles = [m.register_forward_hook(lambda m, i, o: seen.__setitem__(m, (i[0], o))) for m in bk.layers]
-        try:
-            out = bk.model.body(x)
-        finally:
-            for h in handles:
-                h.remove()
-        losses = F.cross_entropy(out, y, reduction="none")
-        out_grads = torch.autograd.grad(losses.sum(), [seen[m][1] for m in bk.layers])
-        parts = [LAYERS[type(m)](m, seen[m][0].detach(), g) for m, g in zip(bk.layers, out_grads)]
-        norms = sum(sq for sq, _ in parts).sqrt().view(weights.shape)
-        c = clip_factors(norms, clip, 1.0) * weights
-        sums = [s for _, weighted in parts for s in weighted(c)]
-        ordered: list[torch.Tensor] = [torch.empty(0)] * len(sums)
-        for i, s in zip(bk.order, sums):
-            ordered[i] = s
-        return ordered, (losses.detach().view(weights.shape) * mask).sum(1), norms
+        return self.bk.members(x, y, clip=clip, weight=weights, loss_weight=mask, own_rows=True)
 
 
 def _epsilon(accountant, delta: float, memo: dict) -> float:
