@@ -9,7 +9,9 @@ The sweeps (~2 minutes on 2 CPU cores, one thread per run):
   → rad_vs_poison_ratio;
 - grid: BadNets on digits (MLP, 10 epochs), clip 0.1, 1, 4 × noise 0, 0.5, 2, seeds 0 and 1, plus vanilla
   → asr_rad_vs_dp, utility_heatmap, privacy_tradeoff, gradient_telemetry, training_curves;
-- moons: label flipping (20 %) on two moons, vanilla and DP-SGD → decision_boundaries.
+- moons: label flipping (20 %) on two moons, vanilla and DP-SGD → decision_boundaries;
+- nc: preset nc_vs_dp on digits (MLP, 10 epochs): BadNets and Blend × clip 1, 4 × noise 0, 1, seeds 0 and 1, plus
+  vanilla, Neural Cleanse with unlearning → nc_anomaly_vs_dp, nc_asr_before_after.
 
 ``--work DIR`` keeps the sweeps there (a rerun then skips finished runs: resume is on by default).
 """
@@ -58,10 +60,16 @@ SWEEPS = {
         "dp=none,dpsgd",
     ],  # fmt: skip
 }
+NC = ["+experiment=nc_vs_dp", "dataset=digits", "model=mlp", "optimizer.epochs=10", "detector.max_epochs=150",
+      "attack=badnets,blend", "seed=0,1"]  # fmt: skip
+SWEEPS["nc"] = [*NC, "hydra/launcher=fused", "dp.clip=1,4", "dp.noise=0,1"]
+SWEEPS["nc_vanilla"] = [*NC, "dp=none", "~dp.clip", "~dp.noise", "hydra.sweeper.params=null"]
 # Which sweeps each figure is drawn from.
 SOURCES = {
     "rad_vs_poison_ratio": ("hong4", "hong4_vanilla"),
     "decision_boundaries": ("moons",),
+    "nc_anomaly_vs_dp": ("nc", "nc_vanilla"),
+    "nc_asr_before_after": ("nc", "nc_vanilla"),
 }
 DEFAULT_SOURCE = ("grid", "grid_vanilla")
 
