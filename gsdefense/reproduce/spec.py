@@ -1,0 +1,81 @@
+"""What a claim is made of: its sweeps (``Part``) at each scale, its checks, and how it is reported.
+
+A ``Part`` is one ``python launch.py -m`` sweep. Its overrides are layered (later layers win, key by key, in the
+position of the key's first appearance, so a command is the same every time and a rerun resumes):
+
+1. ``+experiment=<preset>`` (the paper's figure or table),
+2. ``grid``: the arms the claim compares (both scales),
+3. ``embedded`` (``--scale embedded``: offline data, small schedule) or ``paper`` (``--scale paper``),
+4. ``smoke`` (``--smoke``: the smallest schedule that still runs every step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gsdefense.reproduce.checks import Check
+
+SCALES = ("embedded", "paper")
+
+
+def override_key(override: str) -> str:
+    """The key an override sets: ``dp.clip`` for ``dp.clip=1``, ``~dp.noise`` for ``~dp.noise``."""
+    return override.split("=", 1)[0]
+
+
+def merge(*layers: Sequence[str]) -> list[str]:
+    """Layers of overrides → one list: a later value replaces an earlier one in the earlier one's position.
+
+    ``~key`` (delete) and ``key=…`` are the same setting: whichever comes last wins.
+    """
+    out: dict[str, str] = {}
+    for layer in layers:
+        for override in layer:
+            out[override_key(override).lstrip("~+")] = override  # an existing key keeps its position
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class Part:
+    """One sweep of a claim (its folder: ``<out>/sweeps/<claim>/<name>``)."""
+
+    name: str
+    preset: str | None
+    grid: tuple[str, ...] = ()
+    embedded: tuple[str, ...] = ()
+    paper: tuple[str, ...] = ()
+    smoke: tuple[str, ...] = ()
+    fused: bool = False  # the grid varies only dp.clip / dp.noise / dp.delta / optimizer.lr (and the seed)
+    derive: str | None = None  # per-run values computed from the run's files (``evidence.DERIVE``)
+    note: str = ""  # why the embedded setup is what it is
+
+    def overrides(self, *, scale: str, smoke: bool = False) -> list[str]:
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        preset = [f"+experiment={self.preset}"] if self.preset else []
+        return merge(
+            preset, self.grid, self.embedded if scale == "embedded" else self.paper, self.smoke if smoke else ()
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the papers: its statement, the paper's number, the sweeps and checks that test it here."""
+
+    id: str
+    text: str
+    source: str
+    paper: str  # the paper's number(s), as the paper gives them
+    parts: tuple[Part, ...]
+    checks: tuple[Check, ...]  # the first is the primary check: its numbers fill the summary table
+    ours: str  # label of the primary check's arm whose mean ± sd is "ours" (the paper_value's counterpart)
+    paper_value: float | None = None
+    seeds: int = 3  # default number of seeds at the embedded scale (--seeds overrides)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # deviations and caveats, shown under the claim
+
+    def part(self, name: str) -> Part:
+        for part in self.parts:
+            if part.name == name:
+                return part
+        raise KeyError(f"{self.id} has no part {name!r}")

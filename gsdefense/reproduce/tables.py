@@ -1,0 +1,74 @@
+"""The report's machine-readable tables: ``claims.csv`` (one row per claim, its primary check's numbers),
+``checks.csv`` (one row per check) and ``data/<id>.csv`` (the ok runs a claim's verdict was computed from)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from gsdefense.reproduce.evaluate import ClaimResult
+from gsdefense.reproduce.stats import Outcome, Summary
+
+CLAIM_COLUMNS = ("id", "verdict", "n_seeds", "test", "statistic", "p_value", "ci_low", "ci_high", "effect", "null",
+                 "claimed", "ours_mean", "ours_sd", "paper_value", "reason")  # fmt: skip
+CHECK_COLUMNS = ("id", "check", "verdict", "n_seeds", "test", "statistic", "p_value", "ci_low", "ci_high", "effect",
+                 "null", "claimed", "arms", "reason")  # fmt: skip
+
+
+def ours(result: ClaimResult) -> tuple[Summary, int]:
+    """("ours": the claim's ``ours`` arm of its primary check; the fewest seeds among that check's arms)."""
+    claim, check = result.claim, result.claim.checks[0]
+    summary = next((s for label, s in result.primary.arms.items() if label.startswith(claim.ours)), None)
+    if summary is None:
+        arm = next((a for a in check.arms if a.label == claim.ours), check.arms[0])
+        summary = Summary.of(arm.values(result.frames, check.metric))
+    seeds = [
+        int(rows["seed"].nunique()) if "seed" in rows else 0 for rows in (a.rows(result.frames) for a in check.arms)
+    ]
+    return summary, min(seeds, default=0)
+
+
+def _numbers(o: Outcome) -> dict:
+    lo, hi = o.ci if o.ci else (None, None)
+    fields = ("test", "statistic", "p_value", "effect", "null", "claimed")
+    return {"verdict": o.verdict, **{f: getattr(o, f) for f in fields}, "ci_low": lo, "ci_high": hi}
+
+
+def claim_rows(results: Sequence[ClaimResult]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        summary, seeds = ours(r)
+        rows.append({**_numbers(r.primary), "id": r.claim.id, "verdict": r.verdict, "n_seeds": seeds,
+                     "ours_mean": summary.mean, "ours_sd": summary.sd, "paper_value": r.claim.paper_value,
+                     "reason": r.reason})  # fmt: skip
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+
+
+def check_rows(results: Sequence[ClaimResult]) -> pd.DataFrame:
+    rows = [
+        {**_numbers(o), "id": r.claim.id, "check": o.name, "n_seeds": o.n_seeds, "reason": o.reason,
+         "arms": "; ".join(f"{label}: {s.text()}" for label, s in o.arms.items())}
+        for r in results
+        for o in r.outcomes
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(CHECK_COLUMNS))
+
+
+def run_data(result: ClaimResult, *, out: Path) -> pd.DataFrame:
+    """The ok runs behind a claim: part, seed, the settings its arms select on, the metrics its checks test, and the
+    run's folder relative to ``out``."""
+    checks = result.claim.checks
+    keys = {k for check in checks for arm in check.arms for k in arm.where} | {getattr(c, "x", "") for c in checks}
+    metrics = {c.metric for c in checks} | {"clean_acc", "asr", "rad", "rad_best"}
+    frames = []
+    for part, df in result.frames.items():
+        if df.empty:
+            continue
+        cols = ["defense", "seed", *sorted(k for k in keys | {"dp.clip", "dp.noise"} if k in df),
+                *sorted(m for m in metrics if m in df)]  # fmt: skip
+        rel = [os.path.relpath(d, out) for d in df["run_dir"]]
+        frames.append(df[[c for c in dict.fromkeys(cols) if c in df]].assign(part=part, run_dir=rel))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["part"])
