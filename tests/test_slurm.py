@@ -245,7 +245,8 @@ def test_load_runs_reads_the_slurm_sweep(design_sweep):
 
 
 def test_sigkilled_job_fails_the_sweep_instead_of_hanging_it(slurm, tmp_path):
-    """SIGKILL (as the OOM killer or a time limit would) leaves no result; sacct must tell submitit."""
+    """SIGKILL (as the OOM killer or a time limit would) leaves no result; sacct must tell submitit, and the
+    job is recorded as a failed run while the sweep ends with its summary."""
     name = f"gsd-kill-{os.getpid()}"
     sweep = tmp_path / "sweep"
     # Run 0 is tiny; run 1 would train for minutes, and is killed at its 3rd epoch.
@@ -266,11 +267,13 @@ def test_sigkilled_job_fails_the_sweep_instead_of_hanging_it(slurm, tmp_path):
     finally:
         cancel_leftovers(slurm, name, proc)
 
-    assert proc.returncode != 0, err[-3000:]
+    assert proc.returncode == 1, err[-3000:]
     assert elapsed < KILL_BOUND_S
-    assert f"Job {job} " in err and "has not produced any output" in err, err[-3000:]
+    # the dead job is a failed run with submitit's reason, and the sweep ends with its summary
+    assert "1 failed" in err and "1 ok" in err and "has not produced any output" in err, err[-3000:]
     assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "ok"
-    assert not (sweep / "1" / "metrics.json").exists()
+    failed = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and f"Job {job} " in failed["error"], failed
 
 
 # --- preemption and requeue -----------------------------------------------------------------------
