@@ -37,9 +37,8 @@ def main_task(cfg: DictConfig) -> dict:
             return metrics
         print(f"error: {err}", file=sys.stderr)  # one line, once: no log line repeats it on the console
         sys.exit(2)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as err:  # noqa: BLE001 - a sweep must outlive one bad job, whatever it raised
+    except Exception as err:  # noqa: BLE001 - a sweep must outlive one bad job
+        # (SystemExit and KeyboardInterrupt pass: submitit requeues a preempted job by raising SystemExit)
         metrics = record_failure(output_dir, err, cfg)
         log.error("run failed: %s\n%s", err, traceback.format_exc())
         if multirun:

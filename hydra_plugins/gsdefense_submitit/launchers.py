@@ -69,7 +69,7 @@ class _SettlingMixin:
         if not (hydra_dir / "config.yaml").exists():  # the job died before Hydra wrote its config
             _save_config(task_cfg, "config.yaml", hydra_dir)
             _save_config(OmegaConf.create(list(overrides)), "overrides.yaml", hydra_dir)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = " ".join(str(err).split())[:500] or type(err).__name__  # submitit's message spans lines
         log.error("job #%d died without a result: %s", idx, reason)
         metrics = record_failure(output_dir, RuntimeError(f"the job died without a result: {reason}"), task_cfg)
         ret = JobReturn(overrides=list(overrides), cfg=task_cfg, hydra_cfg=cfg, working_dir=str(output_dir))
