@@ -87,7 +87,7 @@ def test_one_sample_numbers_and_no_spread() -> None:
 
 def test_one_run_per_arm_is_inconclusive() -> None:
     out = stats.welch([0.5], [0.1, 0.2], labels=("a", "b"))
-    assert out.verdict == "inconclusive" and "fewer than 2 ok runs in a (n=1)" in out.reason
+    assert out.verdict == "inconclusive" and "fewer than 2 ok runs with a value in a (n=1)" in out.reason
 
 
 def test_trend_sign_and_interval() -> None:
@@ -130,6 +130,10 @@ def test_preconditions_make_a_check_not_testable_with_the_measured_reason() -> N
     assert AtMost(Arm("d", "d"), "asr", 0.01, "{mean:.3f}").failure(frames) == "0.033"
     gap = Exceeds(Arm("d", "d"), Arm("v", "v"), "asr", "from {low:.1f} to {high:.2f}", by=0.1)
     assert gap.failure(frames) == "from 0.0 to 0.03"
+    # Success in every seed but spread out: present by its mean, not significant by a t-test on 3 seeds.
+    spread = {"v": _frame(asr=[0.6, 0.1, 0.1])}
+    assert Present(Arm("v", "v"), "asr", "t", above=0.1, significant=False).failure(spread) is None
+    assert Present(Arm("v", "v"), "asr", "t {mean:.2f}", above=0.1).failure(spread) == "t 0.27"
 
 
 def test_budget_compare_picks_each_mechanism_best_setting_within_the_budget() -> None:
@@ -256,12 +260,12 @@ def test_smoke_through_the_cli(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for sweep in ("H2/dp", "H2/vanilla", "S1/attack"):
         assert (out / "sweeps" / sweep / "multirun.yaml").exists(), sweep
-    assert len(list((out / "sweeps").glob("*/*/*/metrics.json"))) == 3 + 1 + 3
+    assert len(list((out / "sweeps").glob("*/*/*/metrics.json"))) == 3 + 1 + 4
     claims = pd.read_csv(out / "claims.csv")
     assert tuple(claims.columns) == CLAIM_COLUMNS and list(claims["id"]) == ["H2", "S1"]
     assert set(claims["verdict"]) <= set(stats.VERDICTS) and (claims["n_seeds"] == 1).all()
     s1 = pd.read_csv(out / "data" / "S1.csv")
-    assert len(s1) == 3 and s1["test_loss"].gt(0).all()  # derived from each run's model.pt
+    assert len(s1) == 4 and s1["test_loss"].gt(0).all()  # derived from each run's model.pt
     readme = (out / "README.md").read_text()
     assert "# Which claims hold" in readme and "![H2](figures/H2.png)" in readme and "hydra.sweep.dir=" in readme
     assert (out / "figures" / "S1.png").stat().st_size > 10_000

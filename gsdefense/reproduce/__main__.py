@@ -8,6 +8,7 @@ Exit status: 0, or 1 when a sweep did not finish cleanly (the report is still wr
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -59,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
         choices=sorted(runner.LAUNCHERS),
         help="basic (this process), local (submitit subprocesses), slurm; fused parts use the fused variant",
     )
-    p.add_argument("--jobs", type=int, default=1, help="sweeps run at once (default: 1)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="sweeps run at once, each on one CPU "
+                   "thread per run (default: %(default)s)")  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="plumbing check: 1 seed, the smallest schedules")
     p.add_argument("--dry-run", action="store_true", help="print and compose every sweep command, run nothing")
     p.add_argument("--report-only", action="store_true", help="run no sweep; compute the report from <out>/sweeps")
@@ -102,13 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     report.ignore_sweeps(args.out)
     results = [] if args.report_only else runner.run_all(sweeps, jobs=args.jobs)
+    wall = None if args.report_only else time.perf_counter() - start
     from gsdefense.reproduce.evaluate import evaluate
 
     verdicts = [evaluate(claim, out=args.out) for claim in claims]
     paper_out = args.out if args.scale == "paper" else args.out.with_name(args.out.name + "-paper")
     paper = runner.plan(claims, scale="paper", out=paper_out, seeds=args.seeds, launcher=args.launcher)
     path = report.write(
-        args.out, verdicts, sweeps=sweeps, paper_sweeps=paper, runs=results, command=command, scale=args.scale
+        args.out,
+        verdicts,
+        sweeps=sweeps,
+        paper_sweeps=paper,
+        runs=results,
+        wall=wall,
+        command=command,
+        scale=args.scale,
     )
     for v in verdicts:
         print(f"{v.claim.id}: {v.verdict}")

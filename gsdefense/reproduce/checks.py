@@ -75,16 +75,23 @@ def _level(level: Level, means: Mapping[str, float]) -> float:
 
 @dataclass(frozen=True)
 class Present:
-    """Precondition: ``arm``'s metric is significantly above ``above`` (``stats.present``); else the check is not
-    testable here, for the reason ``why`` (formatted with ``{mean}``, ``{sd}``, ``{n}``)."""
+    """Precondition: ``arm``'s metric is above ``above``; else the check is not testable here, for the reason ``why``
+    (formatted with ``{mean}``, ``{sd}``, ``{n}``).
+
+    ``significant``: above by a one-sided t-test at α (``stats.present``: for noisy effects such as RAD); else the
+    mean must exceed it (for success rates: any success at all is an effect, however few the seeds).
+    """
 
     arm: Arm
     metric: str
     why: str
     above: float = 0.0
+    significant: bool = True
 
     def failure(self, frames: Frames) -> str | None:
-        ok, s = stats.present(self.arm.values(frames, self.metric), above=self.above)
+        values = self.arm.values(frames, self.metric)
+        s = Summary.of(values)
+        ok = stats.present(values, above=self.above)[0] if self.significant else bool(s.n and s.mean > self.above)
         return None if ok else self.why.format(mean=s.mean, sd=s.sd, n=s.n)
 
 

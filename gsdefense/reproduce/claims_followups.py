@@ -53,11 +53,18 @@ L1 = Claim(
             null=0.5,
             claimed=0.8,
             requires=(
-                Present(_L1_SGD, "asr", "blend at 10 % fails even without DP (SGD ASR {mean:.2f}, n={n})", above=0.5),
+                Present(
+                    _L1_SGD,
+                    "asr",
+                    "blend at 10 % mostly fails even without DP here (SGD ASR {mean:.2f} ± {sd:.2f}, n={n})",
+                    above=0.5,
+                    significant=False,
+                ),
             ),
         ),
     ),
     ours="DP-SGD 10 %",
+    seeds=5,
 )
 
 _L2_V0 = Arm("vanilla", "SGD, no poison", {"attack.poison_ratio": 0.0})
@@ -124,7 +131,17 @@ _S1_GRID = (
     "defense=sphere",
     "defense.slab=true",
     "defense.percentile=70",
-    "attack.poison_ratio=0.05,0.1,0.3",
+    "attack.poison_ratio=0,0.05,0.1,0.3",
+)
+# Steinhardt's bound assumes the sanitiser's loss of clean outliers does not matter (the lecture's assumption 2): at
+# ε = 0 (no poison) the defended model must already sit below U*, or the bound cannot be what fails.
+_S1_CLEAN_OK = Present(
+    Arm("attack", "ε=0", {"attack.poison_ratio": 0.0}),
+    "bound_margin",
+    "without any poison (ε = 0), U* − the sanitised model's test loss is already {mean:.3g} (n={n}): the sphere ∩ "
+    "slab filter removes clean outliers that matter here (see n_removed in data/S1.csv), against the bound's "
+    "assumption that they do not",
+    significant=False,
 )
 S1 = Claim(
     id="S1",
@@ -149,6 +166,7 @@ S1 = Claim(
             f"U* − test loss > 0 at ε = {eps:g}",
             "bound_margin",
             Arm("attack", f"ε={eps:g}", {"attack.poison_ratio": eps}),
+            requires=(_S1_CLEAN_OK,),
         )
         for eps in (0.05, 0.1, 0.3)
     ),
@@ -179,16 +197,17 @@ N1 = Claim(
             "dp",
             "nc_vs_dp",
             ("attack=badnets", "dp.clip=0.1,1,4", "dp.noise=0,0.5,2"),
-            ("dataset=digits", "model=mlp", "optimizer.epochs=5", "detector.max_epochs=200"),
+            ("dataset=digits", "model=mlp", "optimizer.epochs=20", "detector.max_epochs=200"),
             smoke=(*EPOCHS2, "detector.max_epochs=5"),
             fused=True,
-            note="The preset's small command: digits, MLP, 5 epochs, NC capped at 200 mini-epochs.",
+            note="digits, MLP, the preset's 20 epochs (its small command's 5 leave the C = 0.1 models at chance), "
+            "Neural Cleanse capped at 200 mini-epochs per label.",
         ),
         Part(
             "vanilla",
             "nc_vs_dp",
             ("dp=none", "~dp.clip", "~dp.noise", "hydra.sweeper.params=null", "attack=badnets"),
-            ("dataset=digits", "model=mlp", "optimizer.epochs=5", "detector.max_epochs=200"),
+            ("dataset=digits", "model=mlp", "optimizer.epochs=20", "detector.max_epochs=200"),
             smoke=(*EPOCHS2, "detector.max_epochs=5"),
         ),
     ),
@@ -211,5 +230,8 @@ N1 = Claim(
         ),
     ),
     ours="DP runs",
-    notes=("Detection rates (target flagged: anomaly index > 2) per setting are in the figure and checks.csv.",),
+    notes=(
+        "Whether each run's target was flagged (nc_detected: anomaly index > 2) is in data/N1.csv; runs at C = 0.1 "
+        "reach ~0.7 clean accuracy in 20 epochs.",
+    ),
 )

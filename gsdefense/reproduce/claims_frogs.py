@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gsdefense.reproduce.checks import Arm, BudgetCompare, Compare, OneSample, Present, Scaled
-from gsdefense.reproduce.claims_hong import NO_DP, vanilla_present
+from gsdefense.reproduce.checks import Arm, BudgetCompare, Compare, OneSample, Scaled
+from gsdefense.reproduce.claims_hong import NO_DP, succeeds
 from gsdefense.reproduce.spec import Claim, Part
 
 # Poison Frogs on digits (9 ← 7, the presets' small command), made to succeed without DP: Table 4's MLP (one FC256),
@@ -44,8 +44,7 @@ FROGS_NOTE = (
     "feature-distance filter; a target counts as compromised only at an epoch with RAD < 0.05, as in the paper."
 )
 ONESHOT_ABSENT = (
-    "the one-shot attack never succeeds without DP here (vanilla success {mean:.2f}, n={n}): there is no success "
-    "for DP to cut; the claim needs the paper-scale data"
+    "one poison never flips a target here without DP, whatever its crafting (the claim needs the paper-scale data)"
 )
 
 
@@ -68,14 +67,16 @@ H4 = Claim(
             _H4_VAN,
             Arm("dp", "C=1", {"dp.clip": 1.0}, paper=0.0133),
             claimed=Scaled("high", 0.5),
-            requires=(Present(_H4_VAN, "asr", ONESHOT_ABSENT),),
+            requires=(succeeds(_H4_VAN, ONESHOT_ABSENT),),
         ),
     ),
     ours="C=1",
 )
 
+# An arm's ``paper`` value is of one metric: the C=8 arm holds 1.08 poisons needed, and success ≥ 94.67 % (LR).
 _H5_C8, _H5_C1 = Arm("clip", "C=8", {"dp.clip": 8.0}, paper=1.08), Arm("clip", "C=1", {"dp.clip": 1.0})
-_H5_VAN, _H5_S1 = Arm("vanilla", "vanilla"), Arm("noise", "C=4 σ=1", {"dp.noise": 1.0})
+_H5_C8_ASR = Arm("clip", "C=8", {"dp.clip": 8.0}, paper=0.9467)
+_H5_VAN, _H5_S1 = Arm("vanilla", "vanilla"), Arm("noise", "C=4 σ=1", {"dp.noise": 1.0}, paper=0.0)
 H5 = Claim(
     id="H5",
     text="Against multi-poison Poison Frogs, clipping raises the poisons needed but not the success rate; noise "
@@ -96,17 +97,28 @@ H5 = Claim(
             "mean_poisons_needed",
             _H5_C1,
             _H5_C8,
-            requires=(Present(_H5_C8, "asr", "no target falls at C=8 (success {mean:.2f}, n={n})"),),
+            requires=(
+                succeeds(_H5_C8, "the attack hardly works at C=8"),
+                succeeds(
+                    _H5_C1, "hardly any target falls at C=1", "the poisons it needs exceed the 20 tried (censored)"
+                ),
+            ),
         ),
         Compare(
             "C=1 does not halve success vs C=8 (C1 − C8 > −0.5 × C8)",
             "asr",
             _H5_C1,
-            _H5_C8,
+            _H5_C8_ASR,
             null=Scaled("low", -0.5),
-            requires=(Present(_H5_C8, "asr", "no target falls at C=8 (success {mean:.2f}, n={n})"),),
+            requires=(succeeds(_H5_C8, "the attack hardly works at C=8"),),
         ),
-        Compare("σ=1 lowers success (vanilla − DP > 0)", "asr", _H5_VAN, _H5_S1, requires=(vanilla_present(_H5_VAN),)),
+        Compare(
+            "σ=1 lowers success (vanilla − DP > 0)",
+            "asr",
+            _H5_VAN,
+            _H5_S1,
+            requires=(succeeds(_H5_VAN, "the attack hardly works without DP"),),
+        ),
         OneSample(
             "... at a large utility cost: RAD at σ=1 above 0.1 (the paper's acceptable loss)",
             "rad",
@@ -161,7 +173,7 @@ H6 = Claim(
             _VV1,
             _t3(True, False, "oneshot", "DP → vanilla", 0.1667),
             claimed=Scaled("high", 1 - 16.67 / 46.58),
-            requires=(Present(_VV1, "asr", ONESHOT_ABSENT),),
+            requires=(succeeds(_VV1, ONESHOT_ABSENT),),
         ),
         Compare(
             "V→DP cuts one-shot success (paper: by 62 %)",
@@ -169,7 +181,7 @@ H6 = Claim(
             _VV1,
             _t3(False, True, "oneshot", "vanilla → DP", 0.1781),
             claimed=Scaled("high", 1 - 17.81 / 46.58),
-            requires=(Present(_VV1, "asr", ONESHOT_ABSENT),),
+            requires=(succeeds(_VV1, ONESHOT_ABSENT),),
         ),
         Compare(
             "V→DP cuts multi-poison success (paper: by 38 %)",
@@ -177,7 +189,7 @@ H6 = Claim(
             _VV_M,
             _t3(False, True, "multipoison", "V → DP", 0.6164),
             claimed=Scaled("high", 1 - 0.6164),
-            requires=(vanilla_present(_VV_M),),
+            requires=(succeeds(_VV_M, "the attack hardly works without DP"),),
         ),
     ),
     ours="DP → vanilla",

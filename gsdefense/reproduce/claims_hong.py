@@ -20,13 +20,19 @@ EPOCHS2 = ("optimizer.epochs=2",)
 NO_DP = ("dp=none", "~dp.noise", "hydra.sweeper.params=null")
 
 
-def vanilla_present(arm: Arm, metric: str = "asr") -> Present:
-    return Present(
-        arm,
-        metric,
-        f"the attack does not hurt the vanilla model here ({arm.label} {metric} "
-        "{mean:.3g}, n={n}): nothing for DP to reduce",
+def vanilla_present(arm: Arm, metric: str) -> Present:
+    """The attack measurably hurts the vanilla model (RAD significantly above 0): else nothing for DP to reduce."""
+    why = (
+        f"the attack does not hurt the vanilla model measurably here ({arm.label} {metric} {{mean:.3g}} ± {{sd:.2g}}, "
     )
+    return Present(arm, metric, why + "n={n}): nothing for DP to reduce")
+
+
+def succeeds(arm: Arm, what: str, then: str = "no success for a defense to cut") -> Present:
+    """An attack's success rate averages above 0.1 in ``arm`` (at least one target in ten falls); else not testable:
+    ``what`` (measured success), ``then``."""
+    why = f"{what} (success {{mean:.2f}} in {arm.label}, n={{n}}): {then}"
+    return Present(arm, "asr", why, above=0.1, significant=False)
 
 
 # --- H1: the two gradient marks (Hong §3, Fig. 1) -----------------------------------------------------------------
@@ -38,6 +44,7 @@ _H1_LEARNED = Present(
     "the backdoor is not learned in re-training here (final ASR {mean:.2f}, n={n}), "
     "so there is no inserted feature whose marks could fade",
     above=0.5,
+    significant=False,
 )
 H1 = Claim(
     id="H1",

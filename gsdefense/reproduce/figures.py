@@ -111,7 +111,8 @@ def claim_figure(result: ClaimResult) -> Figure:
     checks = result.claim.checks
     cols = min(3, len(checks))
     rows = math.ceil(len(checks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows + 0.6), squeeze=False, layout="constrained")
+    width = max(4.2 * cols, 8.0)  # room for the claim's title above a single panel
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 3.6 * rows + 0.8), squeeze=False, layout="constrained")
     for ax, check, outcome in zip(axes.flat, checks, result.outcomes):
         if isinstance(check, Trend):
             _trend_panel(ax, check, result.frames)
@@ -132,7 +133,7 @@ def claim_figure(result: ClaimResult) -> Figure:
         ax.axis("off")
     claim = result.claim
     fig.suptitle(
-        f"{claim.id}: {textwrap.fill(claim.text, 110)}\nverdict: {result.verdict}",
+        f"{claim.id}: {textwrap.fill(claim.text, int(width * 13))}\nverdict: {result.verdict}",
         fontsize=10,
         color=COLORS[result.verdict],
     )

@@ -19,7 +19,9 @@ preconditions (``checks.py``), never from these functions.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -78,6 +80,18 @@ class Outcome:
         return replace(self, name=name)
 
 
+def _quiet(func):
+    """Run ``func`` without scipy's RuntimeWarnings (near-identical samples): the interval already shows them."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 def decide(lo: float, hi: float, *, null: float, claimed: float) -> str:
     """The verdict of an oriented interval ``[lo, hi]`` (module docstring)."""
     if claimed < null:
@@ -118,10 +132,11 @@ def too_few(test: str, arms: dict[str, Summary], *, null: float, claimed: float)
     short = [f"{label} (n={s.n})" for label, s in arms.items() if s.n < 2]
     if not short:
         return None
-    why = f"fewer than 2 ok runs in {', '.join(short)}: no interval"
+    why = f"fewer than 2 ok runs with a value in {', '.join(short)}: no interval"
     return Outcome("inconclusive", test, why, null=null, claimed=claimed, arms=arms)
 
 
+@_quiet
 def welch(
     high: Sequence[float],
     low: Sequence[float],
@@ -167,6 +182,7 @@ def welch(
     )
 
 
+@_quiet
 def one_sample(
     values: Sequence[float], *, label: str = "runs", null: float = 0.0, claimed: float = 0.0, alpha: float = ALPHA
 ) -> Outcome:
@@ -206,6 +222,7 @@ def one_sample(
     )
 
 
+@_quiet
 def trend(
     x: Sequence[float], y: Sequence[float], *, sign: int, label: str = "runs", alpha: float = ALPHA, seed: int = 0
 ) -> Outcome:
@@ -244,6 +261,7 @@ def trend(
     )
 
 
+@_quiet
 def present(values: Sequence[float], *, above: float = 0.0, alpha: float = ALPHA) -> tuple[bool, Summary]:
     """Whether values are significantly above ``above`` (one-sided t-test at α; with no spread, their value is).
 

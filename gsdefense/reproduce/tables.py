@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from gsdefense.reproduce.evaluate import ClaimResult
+from gsdefense.reproduce.evidence import TELEMETRY
 from gsdefense.reproduce.stats import Outcome, Summary
 
 CLAIM_COLUMNS = ("id", "verdict", "n_seeds", "test", "statistic", "p_value", "ci_low", "ci_high", "effect", "null",
@@ -62,7 +63,16 @@ def run_data(result: ClaimResult, *, out: Path) -> pd.DataFrame:
     run's folder relative to ``out``."""
     checks = result.claim.checks
     keys = {k for check in checks for arm in check.arms for k in arm.where} | {getattr(c, "x", "") for c in checks}
-    metrics = {c.metric for c in checks} | {"clean_acc", "asr", "rad", "rad_best"}
+    metrics = {c.metric for c in checks} | {
+        "clean_acc",
+        "asr",
+        "rad",
+        "rad_best",
+        "n_removed",
+        "certified_upper_bound",
+        "nc_detected",
+    }
+    metrics |= {p.metric for c in checks for p in c.requires} | {"test_loss", "clean_loss", *TELEMETRY}
     frames = []
     for part, df in result.frames.items():
         if df.empty:
