@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.out = args.out or OUT[args.scale]
     matplotlib.use("Agg")
-    command = "python -m gsdefense.reproduce " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    command = " ".join(["python -m gsdefense.reproduce", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     try:
         claims = select(args.claims)
         sweeps = runner.plan(
@@ -109,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     verdicts = [evaluate(claim, out=args.out) for claim in claims]
     paper_out = args.out if args.scale == "paper" else args.out.with_name(args.out.name + "-paper")
-    paper = runner.plan(claims, scale="paper", out=paper_out, seeds=args.seeds, launcher=args.launcher)
+    # The paper-scale commands each section shows: as --scale paper runs them on Slurm (or with --launcher as given).
+    launcher = args.launcher if args.scale == "paper" else "slurm"
+    paper = runner.plan(claims, scale="paper", out=paper_out, seeds=args.seeds, launcher=launcher)
     path = report.write(
         args.out,
         verdicts,

@@ -43,9 +43,7 @@ FROGS_NOTE = (
     "40 % of the way to the target; most no longer look like their base class to the pretrained model) and no "
     "feature-distance filter; a target counts as compromised only at an epoch with RAD < 0.05, as in the paper."
 )
-ONESHOT_ABSENT = (
-    "one poison never flips a target here without DP, whatever its crafting (the claim needs the paper-scale data)"
-)
+ONESHOT_ABSENT = "one poison alone never flips a target here, even without DP"
 
 
 # --- H4–H7: Poison Frogs (Hong §6.3–6.5, §7.2) --------------------------------------------------------------------

@@ -63,6 +63,15 @@ def interval(o: Outcome) -> str:
     return f"{p}e = {_num(o.effect)} [{_num(o.ci[0])}, {_num(o.ci[1])}]"
 
 
+def headline(r: ClaimResult) -> str:
+    """The primary check's interval (or reason) and, when another check decided the verdict, that check's."""
+    text = interval(r.primary) or r.primary.reason
+    if r.primary.verdict == r.verdict:
+        return text
+    decider = next((o for o in r.outcomes if o.verdict == r.verdict), None)
+    return text if decider is None else f"{text}; **decided by** {decider.name}: {interval(decider) or decider.reason}"
+
+
 def _commands(title: str, sweeps: Sequence[Sweep], timing: dict[str, float]) -> list[str]:
     out = [title, ""]
     for s in sweeps:
@@ -103,7 +112,7 @@ def section(
 def readme(results: Sequence[ClaimResult], *, sweeps: Sequence[Sweep], paper_sweeps: Sequence[Sweep],
            timing: dict[str, float], wall: float | None, measured: bool, command: str, scale: str) -> str:  # fmt: skip
     rows = [(r.claim.id, r.claim.text, r.claim.source, r.claim.paper, f"{ours(r)[0].text()} ({r.claim.ours})",
-             r.primary.test, interval(r.primary) or r.primary.reason, f"**{r.verdict}**") for r in results]  # fmt: skip
+             r.primary.test, headline(r), f"**{r.verdict}**") for r in results]  # fmt: skip
     header = ("id", "claim", "source", "paper", "ours: mean ± sd (n)", "test", "p, effect [90% CI]", "verdict")
     head = [
         "# Which claims hold: the reproduction report", "",
