@@ -44,7 +44,7 @@ from gsdefense.training.dp import DPSGDConfig  # noqa: E402
 from gsdefense.training.loop import train  # noqa: E402
 from gsdefense.training.optim import SGDConfig  # noqa: E402
 
-ARMS = ("vanilla", "bk", "vmap", "hooks", "opacus_loop", "opacus_ghost")
+ARMS = ("vanilla", "bk", "bk_fixed", "vmap", "hooks", "opacus_loop", "opacus_ghost")  # bk_fixed: dp.fixed_shape=true
 
 
 def _data(name: str, *, resnet_n: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
@@ -114,7 +114,8 @@ def run_arm(arm: str, name: str, x: torch.Tensor, y: torch.Tensor, shape, *, bat
         mode = "hooks" if arm == "opacus_loop" else "ghost"
         opacus_loop(model, x, y, batch_size=batch_size, epochs=epochs, mode=mode)
     else:
-        dp = None if arm == "vanilla" else DPSGDConfig(noise=1.0, clip=1.0, grad_sample_mode=arm)
+        mode, fixed = ("bk", True) if arm == "bk_fixed" else (arm, None)
+        dp = None if arm == "vanilla" else DPSGDConfig(noise=1.0, clip=1.0, grad_sample_mode=mode, fixed_shape=fixed)
         train(model, x, y, optimizer_cfg=SGDConfig(epochs=epochs, batch_size=batch_size), dp=dp, seed=0)
     return (time.perf_counter() - start) / epochs
 
