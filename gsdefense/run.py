@@ -243,8 +243,11 @@ def _run_targeted(plan: Plan, output_dir: Path, *, noise_seed: int) -> dict:
     trials = TrialRunner(plan=plan, pre=pre, dp=dp if scenario.retrain_private else None,
                          acc_ref=reference_accuracy(plan, dp=None).clean_acc, noise_seed=noise_seed)  # fmt: skip
     extra = plan.attack.evaluate(data=plan.data, context=plan.context, trials=trials, output_dir=output_dir)
-    # ε of the private phases: every trial composes the same steps after pretraining; the worst one bounds all
+    # ε of the private phases: every trial composes its steps after pretraining's, and the worst one bounds all;
+    # without any trial (no poison kept) only pretraining trained
     epsilon = extra.pop("epsilon", None) if trials.dp is not None else pre.epsilon
+    if epsilon is None and scenario.pretrain_private:
+        epsilon = pre.epsilon
     return {"status": "ok", "error": None, **extra, **trials.defense_metrics(),
             **privacy_report(dp=dp, scenario=scenario, epsilon_private=epsilon),
             "delta": dp.delta if dp else None}  # fmt: skip

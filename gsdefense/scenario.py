@@ -98,8 +98,11 @@ def privacy_report(*, dp, scenario, epsilon_private: float | None, extra_phases:
     if not private:
         note = "no private phase (scenario.pretrain_private and scenario.retrain_private are both false)"
         return {"epsilon": None, "epsilon_private_phases": None, "epsilon_note": note}
-    if dp.noise == 0 or epsilon_private is None or not math.isfinite(epsilon_private):
+    if dp.noise == 0 or (epsilon_private is not None and not math.isfinite(epsilon_private)):
         note = "dp.noise=0: clipping without noise gives no privacy (epsilon = infinity)"
+        return {"epsilon": None, "epsilon_private_phases": None, "epsilon_note": note}
+    if epsilon_private is None:
+        note = "no private training step was taken, so there is no epsilon to report"
         return {"epsilon": None, "epsilon_private_phases": None, "epsilon_note": note}
     if public:
         note = (

@@ -122,3 +122,15 @@ def test_bad_scenario_settings(overrides, field):
 
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         prepare(compose_cfg(*overrides))
+
+
+def test_privacy_report_says_why_epsilon_is_missing():
+    from gsdefense.scenario import RetrainConfig, privacy_report
+    from gsdefense.training.dp import DPSGDConfig
+
+    both = RetrainConfig(pretrain_private=True, retrain_private=True)
+    assert "no private training step" in privacy_report(dp=DPSGDConfig(), scenario=both, epsilon_private=None)[
+        "epsilon_note"]  # fmt: skip
+    zero = privacy_report(dp=DPSGDConfig(noise=0.0), scenario=both, epsilon_private=float("inf"))
+    assert zero["epsilon"] is None and "epsilon = infinity" in zero["epsilon_note"]
+    assert privacy_report(dp=DPSGDConfig(), scenario=both, epsilon_private=2.5)["epsilon"] == 2.5
