@@ -26,14 +26,15 @@ from gsdefense.training.optim import SGDConfig
 
 
 def seconds(
-    model_name: str, *, poisoned, data, dp: DPSGDConfig | None, epochs: int, telemetry: bool, scope: str
+    model_name: str, *, poisoned, data, dp: DPSGDConfig | None, epochs: int, telemetry: bool, scope: str, mode: str
 ) -> float:
     torch.manual_seed(0)
     model = build_model(OmegaConf.create({"name": model_name}), input_shape=data.input_shape,
                         num_classes=data.num_classes, mean=data.mean, std=data.std)  # fmt: skip
     probe = None
     if telemetry:
-        probe = GradientProbe(TelemetryConfig(scope=scope), x=poisoned.x, y=poisoned.y, is_poison=poisoned.is_poison,
+        cfg = TelemetryConfig(scope=scope, mode=mode)
+        probe = GradientProbe(cfg, x=poisoned.x, y=poisoned.y, is_poison=poisoned.is_poison,
                               clip=dp.clip if dp else None, noise=dp.noise if dp else None)  # fmt: skip
     start = time.perf_counter()
     train(model, poisoned.x, poisoned.y, optimizer_cfg=SGDConfig(epochs=epochs), dp=dp, seed=0, probe=probe)
@@ -46,11 +47,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     parser.add_argument("--scope", default="last_layer", choices=["last_layer", "all"])
+    parser.add_argument("--modes", nargs="+", default=["probe", "batches"], help="telemetry.mode values to time")
     parser.add_argument("--datasets", nargs="+", default=["digits", "fmnist-3/4 sz"])
     args = parser.parse_args()
     print(f"threads={torch.get_num_threads()} epochs={args.epochs} repeats={args.repeats} probe=64+64 per epoch "
           f"scope={args.scope}")  # fmt: skip
-    print(f"{'data':<14} {'model':<5} {'dp':<6} {'plain s':>8} {'telemetry s':>12} {'overhead':>9}")
+    print(f"{'data':<14} {'model':<5} {'dp':<6} {'mode':<8} {'plain s':>8} {'telemetry s':>12} {'overhead':>9}")
     for label, data in datasets():
         if label not in args.datasets:
             continue
@@ -59,15 +61,16 @@ def main() -> None:
         poisoned = attack.poison(data, generator=torch.Generator().manual_seed(0))
         for name in args.models:
             for dp in (None, DPSGDConfig()):
-                kw = dict(poisoned=poisoned, data=data, dp=dp, epochs=args.epochs, scope=args.scope)
-                seconds(name, telemetry=True, **kw)  # warm-up
-                off, on = [], []
-                for _ in range(args.repeats):
-                    off.append(seconds(name, telemetry=False, **kw))
-                    on.append(seconds(name, telemetry=True, **kw))
-                a, b = statistics.median(off), statistics.median(on)
-                row = f"{label:<14} {name:<5} {'dpsgd' if dp else 'none':<6} {a:>8.3f} {b:>12.3f}"
-                print(f"{row} {100 * (b / a - 1):>8.1f}%", flush=True)
+                for mode in args.modes:
+                    kw = dict(poisoned=poisoned, data=data, dp=dp, epochs=args.epochs, scope=args.scope, mode=mode)
+                    seconds(name, telemetry=True, **kw)  # warm-up
+                    off, on = [], []
+                    for _ in range(args.repeats):
+                        off.append(seconds(name, telemetry=False, **kw))
+                        on.append(seconds(name, telemetry=True, **kw))
+                    a, b = statistics.median(off), statistics.median(on)
+                    row = f"{label:<14} {name:<5} {'dpsgd' if dp else 'none':<6} {mode:<8} {a:>8.3f} {b:>12.3f}"
+                    print(f"{row} {100 * (b / a - 1):>8.1f}%", flush=True)
 
 
 def datasets():

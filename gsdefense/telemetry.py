@@ -3,11 +3,12 @@
 Hong et al. §3: poison gradients have larger norms and point elsewhere than
 clean ones; DP-SGD's clipping and noise shrink both differences.
 
-``mode: batches`` (default) measures them as Hong's analysis did, over each
-epoch's actual training batches at their pre-update parameters
-(``gsdefense.telemetry_batches``). ``mode: probe`` measures a fixed probe of up
-to ``probe_size`` clean and ``probe_size`` poison training samples at the end of
-each epoch; its per-sample gradients ``g_i`` give
+``mode: batches`` measures them as Hong's analysis did, over each epoch's
+actual training batches at their pre-update parameters
+(``gsdefense.telemetry_batches``; the Hong presets use it; it costs 10–100% of a
+small model's epoch). ``mode: probe`` (default, within timing noise) measures a
+fixed probe of up to ``probe_size`` clean and ``probe_size`` poison training
+samples at the end of each epoch; its per-sample gradients ``g_i`` give
 
     ḡ_S = mean_{i∈S} g_i                      grad_norm_S = ‖ḡ_S‖
     grad_ratio = ‖ḡ_P‖ / ‖ḡ_C‖                 grad_cosine = cos(ḡ_C, ḡ_P)
@@ -43,7 +44,7 @@ from gsdefense.telemetry_batches import BatchTelemetry
 @dataclass
 class TelemetryConfig:
     enabled: bool = True
-    mode: str = "batches"  # batches: over each epoch's training batches, as Hong's analysis | probe: a fixed probe
+    mode: str = "probe"  # probe: a fixed probe at epoch end (cheap) | batches: each epoch's batches, as Hong's analysis
     probe_size: int = 64
     scope: str = "last_layer"  # last_layer (the original's analysis, cheap) | all (every parameter, vmap)
     every_n_epochs: int = 1  # measure at the end of every N-th epoch (and the last)
@@ -120,15 +121,15 @@ class GradientProbe:
         if self.batches is not None:
             self.batches.detach()
 
-    def begin_step(self, model: nn.Module, x: torch.Tensor) -> None:
-        """Before a training step: capture the last layer at the pre-update parameters (batches mode)."""
+    def begin_step(self, model: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> None:
+        """Before a training step on ``x[idx]``: capture the last layer at the pre-update parameters (batches mode)."""
         if self.batches is None:
             return
         self.batches.arm()
         if self.capture_by_forward:
             with torch.no_grad():
                 was = model.training
-                model(x)
+                model(x[idx])
                 model.train(was)
 
     def end_step(self, idx: torch.Tensor, weight: torch.Tensor | None = None) -> None:

@@ -50,7 +50,7 @@ class BatchTelemetry:
         self.y, self.is_poison = y, is_poison
         self.members = len(clips)
         device = y.device
-        self.private = [c is not None for c in clips]
+        self.private = any(c is not None for c in clips)
         self.clip = torch.tensor([c if c is not None else float("inf") for c in clips], device=device)
         self.noise_std = torch.tensor([(c or 0.0) * (s or 0.0) for c, s in zip(clips, noises)], device=device)
         self.any_noise = any((c or 0.0) * (s or 0.0) > 0 for c, s in zip(clips, noises))
@@ -85,8 +85,7 @@ class BatchTelemetry:
         if self.captured is not None:
             self.record(*self.captured, idx, weight)
         elif self.any_noise:  # a step without a forward (an empty batch) still draws its ξ: streams stay aligned
-            for _ in range(2):
-                torch.randn(self.kernel_shape, generator=self.generator, device=self.y.device)
+            torch.randn((2, *self.kernel_shape), generator=self.generator, device=self.y.device)
         self.captured = None
 
     # -- accumulation --------------------------------------------------------------------------------------
@@ -94,13 +93,17 @@ class BatchTelemetry:
         self.sums: dict[str, torch.Tensor] = {}
 
     def _add(self, key: str, value: torch.Tensor) -> None:
-        self.sums[key] = self.sums[key] + value if key in self.sums else value
+        if key in self.sums:
+            self.sums[key].add_(value)
+        else:
+            self.sums[key] = value.clone()
 
     @torch.no_grad()
     def record(self, a: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor | None = None) -> None:
         """One batch: ``a`` (M·B, H) inputs and ``z`` (M·B, C) outputs of the last layer, members stacked.
 
-        ``weight`` (B,) is 0 for the padding of a fixed-shape batch, which then counts nowhere.
+        ``weight`` (B,) is 0 for the padding of a fixed-shape batch, which then counts nowhere. Both subsets
+        (clean, poison) are one axis of every product: a handful of kernels per step, none per subset.
         """
         m = self.members
         a = a.reshape(m, -1, a.shape[-1]).float()
@@ -109,56 +112,54 @@ class BatchTelemetry:
         # softmax − onehot; scatter, not F.one_hot, whose range check reads the labels back to the host
         delta = z.softmax(-1).scatter_add(-1, y.expand(m, -1)[..., None], torch.full_like(z[..., :1], -1.0))
         norms = delta.norm(dim=-1) * a.norm(dim=-1)  # ‖g_i‖ = ‖δ_i‖·‖a_i‖, (M, B)
-        factors = (self.clip[:, None] / (norms + 1e-6)).clamp(max=1.0)
-        correct = (z.argmax(-1) == y).float()
-        for name, mask in (("clean", ~poison), ("poison", poison)):
-            w = mask.to(a.dtype) if weight is None else mask.to(a.dtype) * weight  # (B,)
-            count = w.sum()
-            has = (count > 0).to(a.dtype)
-            denom = count.clamp(min=1.0)
-            raw = torch.einsum("mbc,b,mbh->mch", delta, w, a) / denom
-            clipped = torch.einsum("mbc,mb,mbh->mch", delta, factors * w, a)
+        subsets = torch.stack([~poison, poison], 1).to(a.dtype)  # (B, 2): clean, poison
+        if weight is not None:
+            subsets = subsets * weight[:, None]
+        count = subsets.sum(0)  # (2,)
+        # 1/|S_B| folded into the weights; a subset absent from the batch has a zero column and adds nothing
+        split = delta[:, :, None, :] * (subsets / count.clamp(min=1.0))[None, :, :, None]  # (M, B, 2, C)
+        raw = torch.einsum("mbsc,mbh->msch", split, a)  # (M, 2, C, H) batch means; one batched matmul
+        self._add("raw", raw)
+        if self.private:
+            factors = (self.clip[:, None] / (norms + 1e-6)).clamp(max=1.0)
+            shaped = torch.einsum("mbsc,mbh->msch", split * factors[:, :, None, None], a)
             if self.any_noise:
-                xi = torch.randn(clipped.shape[1:], generator=self.generator, device=a.device)
-                clipped = clipped + self.noise_std[:, None, None] * xi
-            shaped = clipped / denom
-            self._add(f"raw_{name}", raw * has)
-            self._add(f"shaped_{name}", shaped * has)
-            self._add(f"batches_{name}", has)
-            self._add(f"norm_{name}", (norms * w).sum(-1))
-            self._add(f"count_{name}", count)
-            self._add(f"correct_{name}", (correct * w).sum(-1))
+                xi = torch.randn((2, *shaped.shape[2:]), generator=self.generator, device=a.device)
+                scale = (count > 0).to(a.dtype) / count.clamp(min=1.0)  # noise only where the subset is present
+                shaped = shaped + (self.noise_std[:, None] * scale)[:, :, None, None] * xi
+            self._add("shaped", shaped)
+        self._add("batches", (count > 0).to(a.dtype))
+        self._add("norm", norms @ subsets)
+        self._add("count", count)
+        self._add("correct", (z.argmax(-1) == y).to(a.dtype) @ subsets)
 
     def end_epoch(self) -> list[dict[str, float | None]]:
         """Each member's telemetry row for the epoch (the columns of ``telemetry.COLUMNS``); resets."""
         s = self.sums
         if not s:
             return [{} for _ in range(self.members)]
+        batches, count = s["batches"].clamp(min=1.0), s["count"].clamp(min=1.0)  # (2,): clean, poison
+        has_poison = bool(s["batches"][1] > 0)
         out = []
         for k in range(self.members):
-            row: dict[str, float | None] = {}
-            mean = {}
-            for kind in ("raw", "shaped"):
-                for name in ("clean", "poison"):
-                    batches = s[f"batches_{name}"]
-                    mean[kind, name] = s[f"{kind}_{name}"][k].flatten() / batches.clamp(min=1.0)
-            has_poison = bool(s["batches_poison"] > 0)
-            row["grad_norm_clean"] = float(mean["raw", "clean"].norm())
-            row["clean_train_acc"] = float(s["correct_clean"][k] / s["count_clean"].clamp(min=1.0))
-            row["shaped_grad_norm_clean"] = float(mean["shaped", "clean"].norm())
+            raw_c, raw_p = (s["raw"][k, j].flatten() / batches[j] for j in (0, 1))
+            shaped = s["shaped"] if "shaped" in s else s["raw"]  # vanilla: shaping is the identity
+            shaped_c, shaped_p = (shaped[k, j].flatten() / batches[j] for j in (0, 1))
+            row: dict[str, float | None] = {
+                "grad_norm_clean": float(raw_c.norm()),
+                "clean_train_acc": float(s["correct"][k, 0] / count[0]),
+                "shaped_grad_norm_clean": float(shaped_c.norm()),
+            }
             if has_poison:
-                row["grad_norm_poison"] = float(mean["raw", "poison"].norm())
+                row["grad_norm_poison"] = float(raw_p.norm())
                 row["grad_ratio"] = row["grad_norm_poison"] / max(row["grad_norm_clean"], 1e-12)
-                row["grad_cosine"] = float(F.cosine_similarity(mean["raw", "clean"], mean["raw", "poison"], dim=0))
-                norm_c = s["norm_clean"][k] / s["count_clean"].clamp(min=1.0)
-                norm_p = s["norm_poison"][k] / s["count_poison"].clamp(min=1.0)
+                row["grad_cosine"] = float(F.cosine_similarity(raw_c, raw_p, dim=0))
+                norm_c, norm_p = s["norm"][k, 0] / count[0], s["norm"][k, 1] / count[1]
                 row["sample_norm_ratio"] = float(norm_p / norm_c.clamp(min=1e-12))
-                row["shaped_grad_norm_poison"] = float(mean["shaped", "poison"].norm())
+                row["shaped_grad_norm_poison"] = float(shaped_p.norm())
                 row["shaped_grad_ratio"] = row["shaped_grad_norm_poison"] / max(row["shaped_grad_norm_clean"], 1e-12)
-                row["shaped_grad_cosine"] = float(
-                    F.cosine_similarity(mean["shaped", "clean"], mean["shaped", "poison"], dim=0)
-                )
-                row["poison_train_acc"] = float(s["correct_poison"][k] / s["count_poison"].clamp(min=1.0))
+                row["shaped_grad_cosine"] = float(F.cosine_similarity(shaped_c, shaped_p, dim=0))
+                row["poison_train_acc"] = float(s["correct"][k, 1] / count[1])
             out.append(row)
         self.reset()
         return out

@@ -60,7 +60,7 @@ PAPER = {
                             "attack.source": "any", "scenario.retrain_lr": 0.01, "scenario.retrain_epochs": 20},
     "hong_fig4_label_flip": {"attack.mode": "append", "optimizer.name": "adam", "optimizer.lr": 0.01,
                              "optimizer.batch_size": 300, "optimizer.epochs": 40, "dp.noise": 0.0,
-                             "rad_definition": "best", "dataset.input_norm": "none"},
+                             "rad_definition": "best", "dataset.input_norm": "none", "telemetry.mode": "batches"},
     "hong_fig4_label_flip_noise": {"dp.clip": 4.0, "rad_definition": "best"},
     "hong_fig4_steinhardt": {"attack.percentile": 65, "dp.noise": 0.0, "rad_definition": "best"},
     "hong_fig4_steinhardt_noise": {"attack.percentile": 65, "dp.clip": 4.0},

@@ -144,7 +144,7 @@ def train(
                 batch, None, len(batch))  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             if probe is not None:
-                probe.begin_step(model, x[idx])
+                probe.begin_step(model, x, idx)
             if fast:
                 loss_sum += optimizer.private_step(x[idx], y[idx], weight)
                 seen += size
