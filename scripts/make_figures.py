@@ -2,7 +2,7 @@
 
     python scripts/make_figures.py [--out docs/figures] [--work DIR]
 
-The sweeps (~2 minutes on 2 CPU cores, one thread per run):
+The sweeps (~1.5 minutes on 2 CPU cores, one thread per run):
 
 - hong4: Hong et al. Fig. 4a's grid (preset hong_fig4_label_flip: label flipping, 10 poison ratios × 5 clip norms
   at σ = 0, logistic regression, Adam) on breast_cancer, 10 epochs, seeds 0 and 1, plus its vanilla runs
