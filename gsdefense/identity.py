@@ -72,13 +72,16 @@ def as_dict(typed: Any) -> dict[str, Any] | None:
     return dataclasses.asdict(typed) if typed is not None else None
 
 
+def dp_spec(dp: Any) -> dict[str, Any] | None:
+    """A dp config as ids, cache keys and seeds see it: without ``EXECUTION`` keys (how, not what, is computed)."""
+    out = as_dict(dp)
+    return None if out is None else {k: v for k, v in out.items() if k not in EXECUTION}
+
+
 def _groups_dict(typed: dict[str, Any]) -> dict[str, Any]:
     out = {k: as_dict(v) for k, v in typed.items()}
     out["dataset"] = {k: v for k, v in out["dataset"].items() if k not in DATA_LOCATION}
-    if out["dp"] is None:
-        out["dp"] = {"name": "none"}
-    for key in EXECUTION:  # how the update is computed, not what it is
-        out["dp"].pop(key, None)
+    out["dp"] = dp_spec(typed["dp"]) or {"name": "none"}
     return out
 
 

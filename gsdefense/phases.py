@@ -18,6 +18,7 @@ from torch import nn
 
 from gsdefense.attacks.base import PoisonedSet
 from gsdefense.cache import StaleEntry, cache_key, cached_entry, load_tensor_entry, noise_seed, save_tensor_entry
+from gsdefense.identity import dp_spec
 from gsdefense.plan import Plan
 from gsdefense.scenario import retrain_optimizer
 from gsdefense.training.loop import TrainResult, train
@@ -38,7 +39,7 @@ class Pretrained:
 def pretrained(plan: Plan, *, dp) -> Pretrained:
     """The clean pretrained model of a retrain scenario, trained once per spec across all jobs."""
     scenario = plan.scenario
-    spec = dict(plan.spec, pretrain_epochs=scenario.pretrain_epochs, dp=dataclasses.asdict(dp) if dp else None)
+    spec = dict(plan.spec, pretrain_epochs=scenario.pretrain_epochs, dp=dp_spec(dp))
     spec["optimizer"] = dict(spec["optimizer"], epochs=None)  # the scenario owns the schedule
     path = plan.cache_dir / "pretrained" / f"{cache_key('pretrained', spec)}.pt"
 

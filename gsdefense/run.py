@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from gsdefense import metrics as M
 from gsdefense.cache import cache_key, cached_json, noise_seed
 from gsdefense.errors import ConfigError
-from gsdefense.identity import Identity, run_id
+from gsdefense.identity import Identity, dp_spec, run_id
 from gsdefense.io import atomic_write, write_csv, write_json
 from gsdefense.outputs import claim, claim_for_failure
 from gsdefense.phases import TrialRunner, fit, pretrained
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def reference_spec(plan: Plan, *, dp) -> dict:
     """What determines a clean reference model (its cache key): the same setup, scenario included, unpoisoned."""
-    return dict(plan.spec, dp=dataclasses.asdict(dp) if dp else None, scenario=dataclasses.asdict(plan.scenario))
+    return dict(plan.spec, dp=dp_spec(dp), scenario=dataclasses.asdict(plan.scenario))
 
 
 @dataclass(frozen=True)

@@ -94,3 +94,20 @@ def test_fixed_shape_is_on_for_cuda_only_by_default():
 
     assert use_fixed_shape(None, torch.device("cuda")) and not use_fixed_shape(None, torch.device("cpu"))
     assert use_fixed_shape(True, torch.device("cpu")) and not use_fixed_shape(False, torch.device("cuda"))
+
+
+def test_fixed_shape_does_not_change_a_runs_references():
+    """fixed_shape is left out of run_id; the clean reference and pretrained model (their cache keys and noise
+    seeds) must ignore it too, or one run_id would pair with references trained on different noise."""
+    import dataclasses
+
+    from gsdefense.identity import dp_spec
+    from gsdefense.plan import prepare
+    from gsdefense.run import reference_spec
+    from tests.conftest import compose_cfg
+
+    plan = prepare(compose_cfg("dataset=moons", "attack=label_flip", "dp.fixed_shape=true"))
+    off = dataclasses.replace(plan.dp, fixed_shape=False)
+    assert reference_spec(plan, dp=plan.dp) == reference_spec(plan, dp=off)
+    assert dp_spec(plan.dp) == dp_spec(off) and "fixed_shape" not in dp_spec(plan.dp)
+    assert dp_spec(None) is None
