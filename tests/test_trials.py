@@ -187,6 +187,16 @@ def test_a_model_without_stacked_twins_is_refused_in_one_line(digits):
     assert err.value.field == "model" and "LayerNorm" in str(err.value)
 
 
+def test_a_trial_whose_defense_kept_fewer_rows_than_batches_is_refused_in_one_line(digits, model):
+    """q·rows < 1 leaves no expected batch to average over (it divided by zero before)."""
+    keep = torch.zeros(len(digits.y_train), dtype=torch.bool)
+    keep[:3] = True
+    spec = TrialSpec(digits.x_test[:2], torch.full((2,), 7), noise_seed=1, batch_seed=2, clean_keep=keep)
+    with pytest.raises(ConfigError) as err:
+        _run(model, digits, [spec], DPSGDConfig(clip=1.0, noise=1.0))
+    assert err.value.field == "defense" and "5 training rows" in str(err.value)
+
+
 # --- TrialRunner: the defense per member, and Poison Frogs batched vs one after another ------------------------
 
 

@@ -303,6 +303,9 @@ def train_trials(
         st = _Member(i, spec, result, torch.Generator(device=device).manual_seed(spec.batch_seed))
         if dp is not None:
             rows = (int(spec.clean_keep.sum()) if spec.clean_keep is not None else n) + len(spec.y_extra)
+            if int(rows * q) < 1:  # a defense left fewer rows than batches: no expected batch to average over
+                problem = f"a retraining trial keeps {rows} training rows, fewer than its {steps} batches per epoch."
+                raise ConfigError("defense", problem, "use a milder defense or a larger batch size.")
             st.scale, st.sigma = 1.0 / int(rows * q), dp.noise
             st.noise_gen = torch.Generator(device=device).manual_seed(spec.noise_seed)
             st.accountant = create_accountant(dp.accountant)
