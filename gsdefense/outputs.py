@@ -21,6 +21,7 @@ Only the files runs write (``OUTPUT_PATTERNS``) are ever moved: Hydra's ``.hydra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -114,9 +115,15 @@ def restore(run_dir: Path, ident: str) -> dict | None:
         if metrics is None:
             continue
         supersede(run_dir, why="restoring an earlier result of this config")
-        for path in outputs(folder):
-            shutil.move(str(path), run_dir / path.name)
-        folder.rmdir()
+        try:
+            for path in outputs(folder):
+                shutil.move(str(path), run_dir / path.name)
+        except OSError as err:
+            raise ConfigError(
+                "output dir", f"cannot restore {folder} into {run_dir} ({err}).", "check their permissions."
+            ) from None
+        with contextlib.suppress(OSError):  # files a run never writes stay where they were, with their folder
+            folder.rmdir()
         log.info("restored the finished result of run %s from %s", ident, folder)
         return metrics
     return None

@@ -290,5 +290,8 @@ def group_limit(model: nn.Module, x: torch.Tensor, *, rows: int, private: bool, 
     if x.device.type == "cuda":
         free = torch.cuda.mem_get_info(x.device)[0]
     else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # macOS/BSD/Windows have no available-pages query
+            free = 4 * 2**30  # assume 4 GiB free: a modest batch of trials, never an oversized one
     return max(1, int(fraction * free // per_member))

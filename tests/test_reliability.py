@@ -111,9 +111,11 @@ def test_another_configs_outputs_are_moved_aside_and_restored(tmp_path):
     (kept,) = (tmp_path / "superseded").iterdir()
     assert kept.name.startswith(a["run_id"]) and json.loads((kept / "metrics.json").read_text()) == a
     assert {"history.csv", "model.pt"} <= _files(kept)
+    (kept / "notes.txt").write_text("a file no run writes")  # stays, with its folder, after the restore
     again = run(compose_cfg(*QUICK, "dp.clip=0.5"), output_dir=tmp_path)  # the first config again: restored
     assert again == a and json.loads((tmp_path / "identity.json").read_text())["run_id"] == a["run_id"]
-    assert [p.name.split("-")[0] for p in (tmp_path / "superseded").iterdir()] == [b["run_id"]]
+    left = sorted(p.name.split("-")[0] for p in (tmp_path / "superseded").iterdir())
+    assert left == sorted([a["run_id"], b["run_id"]]) and [p.name for p in kept.iterdir()] == ["notes.txt"]
 
 
 def test_a_crash_midway_never_leaves_another_configs_results(tmp_path, monkeypatch):
