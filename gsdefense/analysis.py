@@ -9,6 +9,7 @@ config's numbers.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -34,6 +35,8 @@ from gsdefense.records import (
     read_run,
     resolve_sweep,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "NOT_SETTINGS",
@@ -138,7 +141,8 @@ def load_history(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
             continue
         try:
             hist = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            log.warning("skipping the per-epoch history of %s: unreadable history.csv (%s)", run_dir, err)
             continue
         row = read_run(run_dir)
         meta = {k: v for k, v in row.items() if is_config_column(k)}

@@ -294,6 +294,14 @@ def test_load_history(sweep: Path) -> None:
     assert sorted(hist["dp.clip"].unique()) == [0.5, 1.0]
 
 
+def test_an_unreadable_history_is_skipped_with_a_warning(sweep: Path, tmp_path: Path, caplog) -> None:
+    broken = shutil.copytree(sweep / "0", tmp_path / "broken")
+    (broken / "history.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with caplog.at_level("WARNING", logger="gsdefense.analysis"):
+        assert load_history(broken).empty
+    assert "unreadable history.csv" in caplog.text and "broken" in caplog.text
+
+
 def test_summarise_over_seeds() -> None:
     df = pd.DataFrame(
         {
