@@ -63,5 +63,6 @@ def detect(plan: Plan, evaluate, result: TrainResult, output_dir: Path, *, acc_r
         metrics["rad_after"] = M.rad(acc_ref, metrics["clean_acc_after"])
     if tuned:
         metrics["nc_unlearn_epsilon"] = tuned["epsilon"]
-    metrics["nc_epsilon_note"] = EPSILON_NOTE
+    if plan.dp is not None:  # without DP there is no epsilon for the note to qualify
+        metrics["nc_epsilon_note"] = EPSILON_NOTE
     return metrics

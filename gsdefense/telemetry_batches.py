@@ -163,9 +163,3 @@ class BatchTelemetry:
             out.append(row)
         self.reset()
         return out
-
-    def state(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def load(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)

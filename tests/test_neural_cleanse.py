@@ -427,6 +427,18 @@ def test_detection_figures_say_why_they_cannot_draw():
         nc_asr_before_after(runs.drop(columns="asr_after"))
 
 
+def test_the_epsilon_note_comes_only_with_an_epsilon(tmp_path):
+    """The note qualifies what epsilon covers; a vanilla run has no epsilon, so no note."""
+    from gsdefense.run import run
+    from tests.conftest import compose_cfg
+
+    common = ("detector=neural_cleanse", "detector.max_epochs=3", "optimizer.epochs=1", "telemetry.enabled=false")
+    vanilla = run(compose_cfg(*common, "dp=none"), output_dir=tmp_path / "vanilla")
+    private = run(compose_cfg(*common, "dp.clip=1", "dp.noise=1"), output_dir=tmp_path / "dp")
+    assert vanilla["epsilon"] is None and "nc_epsilon_note" not in vanilla and "nc_flagged" in vanilla
+    assert private["epsilon"] > 0 and "defender records are not covered" in private["nc_epsilon_note"]
+
+
 @pytest.mark.slow
 def test_neural_cleanse_in_a_real_cli_multirun_and_the_report(tmp_path):
     """Through launch.py: two DP settings, every output, and the report draws the detection figures."""

@@ -26,11 +26,11 @@ per target, ``β = beta_scale · median_b ‖f(t) − f(b)‖² / ‖t − b‖�
 scales (Shafahi's ``β0·2048²/dim_b²`` only corrects for the input size): for ``f(x) = γ·x + c`` the poison lands
 ``2/(2 + beta_scale)`` of the way from ``b`` to ``t``. ``beta_scale`` = 8 (1/5 of the way) keeps the poisons
 clean-label: per kept poison, ``poisons.csv`` records ``base_distance = ‖p − b‖/‖t − b‖`` and whether the pretrained
-model still classifies it as ``base_class`` (means: ``poison_base_distance``, ``poison_base_agreement``). On
-digits (9 ← 7), the preset's small command (hong_fig5_oneshot, 10 targets): agreement 0.90 (LR) / 0.94 (MLP),
-distance 0.23 / 0.20; ``beta_scale`` 4: 0.63 / 0.57; 2: 0.13 / 0.05; the former default ``beta=0.1``: 0 / 0 at
-distance 0.58 / 0.87. The price is success: digits' default retrain scenario, MLP, multipoison with up to 20
-poisons, no distance filter: ASR 1.0 (3.4 poisons) at ``beta=0.1`` with agreement 0, 0.5 (8.8 poisons) at
+model still classifies it as ``base_class`` (means: ``poison_base_distance``, ``poison_base_agreement``). On digits
+(9 ← 7), a digits retrain scenario with 10 targets (the former one-shot preset's small command): agreement 0.90 (LR)
+/ 0.94 (MLP), distance 0.23 / 0.20; ``beta_scale`` 4: 0.63 / 0.57; 2: 0.13 / 0.05; the former default ``beta=0.1``:
+0 / 0 at distance 0.58 / 0.87. The price is success: digits' default retrain scenario, MLP, multipoison with up to
+20 poisons, no distance filter: ASR 1.0 (3.4 poisons) at ``beta=0.1`` with agreement 0, 0.5 (8.8 poisons) at
 ``beta_scale`` 2, 0.1 at 4 and 8 (agreement 0.29, 0.74). A smaller ``beta_scale`` (or an explicit ``beta``) buys
 success with poisons that the model itself already labels as the target, i.e. mislabelled copies of it.
 ``max_feature_distance`` (3.5) is in Hong's Purchase-LR units; a better-trained model (larger features) keeps fewer.

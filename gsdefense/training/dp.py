@@ -3,7 +3,7 @@
 DP-SGD (Abadi et al. 2016; Hong et al. Alg. 1) per step, on a Poisson batch B
 drawn with rate q:
 
-    g = ( Σ_{i∈B} g_i · min(1, C / ‖g_i‖)  +  N(0, (σ·C)² I) ) / (q·n)
+    g = ( Σ_{i∈B} g_i · min(1, C / ‖g_i‖)  +  N(0, (σ·C)² I) ) / ⌊q·n⌋
 
 with ``C = clip`` and ``σ = noise``. Opacus' ``PrivacyEngine.make_private``
 builds the per-sample-gradient model, the clipping/noising optimizer and the

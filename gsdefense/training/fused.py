@@ -7,7 +7,7 @@ would. They differ in ``dp.clip``, ``dp.noise``, ``dp.delta`` and ``optimizer.lr
 
 Per step, for member m with clip C_m, noise σ_m and its own noise generator:
 
-    g_m = ( Σ_{i∈B} g_mi · min(1, C_m / (‖g_mi‖ + 1e-6)) + N(0, (σ_m C_m)² I) ) / (q·n)
+    g_m = ( Σ_{i∈B} g_mi · min(1, C_m / (‖g_mi‖ + 1e-6)) + N(0, (σ_m C_m)² I) ) / ⌊q·n⌋
 
 computed for all members by one forward and one backward of the stacked model
 (book-keeping, ``per_sample.BookKeepingClippedSum.members``), then one stacked
