@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from gsdefense.analysis import STATUSES, load_history, load_runs, resolve_sweep, setting_columns, summarise
+from gsdefense.io import atomic_write
 from gsdefense.plots import FIGURES
 
 KEY_METRICS = ("clean_acc", "asr", "rad", "epsilon")
@@ -115,7 +116,8 @@ def make_figures(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> tuple[
             skipped.append(f"- {' '.join(reason.split())} ({spec.paper})")
             continue
         path = out / f"{spec.name}.png"
-        fig.savefig(path, dpi=130, bbox_inches="tight")
+        atomic_write(path, lambda fh, fig=fig: fig.savefig(fh, format="png", dpi=130, bbox_inches="tight"),
+                     mode="wb", fsync=False)  # fmt: skip
         plt.close(fig)
         print(f"wrote {path}")
         made.append(f"- [{spec.name}]({path.name}) ({spec.paper})")
@@ -163,15 +165,16 @@ def write_report(dirs: Sequence[Path], out: Path, *, rad: str = "auto") -> pd.Da
         raise FileNotFoundError(f"no runs (directories with .hydra/config.yaml) under {', '.join(map(str, dirs))}")
     out.mkdir(parents=True, exist_ok=True)
     table = _tabular(runs)
-    table.to_csv(out / "runs.csv", index=False)
+    atomic_write(out / "runs.csv", lambda fh: table.to_csv(fh, index=False), fsync=False)
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         pass
     else:
-        table.to_parquet(out / "runs.parquet", index=False)
+        atomic_write(out / "runs.parquet", lambda fh: table.to_parquet(fh, index=False), mode="wb", fsync=False)
     made, skipped, problems = make_figures(runs, load_history(dirs), out)
-    (out / "summary.md").write_text(summary_markdown(runs, dirs, made, skipped, problems))
+    summary = summary_markdown(runs, dirs, made, skipped, problems)
+    atomic_write(out / "summary.md", lambda fh: fh.write(summary), fsync=False)
     return runs
 
 
