@@ -419,12 +419,14 @@ def test_detection_figures_render():
 
 def test_detection_figures_say_why_they_cannot_draw():
     runs = _synthetic_nc_runs()
-    with pytest.raises(ValueError, match="nc_anomaly_vs_dp: no column 'nc_target_anomaly_index'"):
+    with pytest.raises(ValueError, match="nc_anomaly_vs_dp: no run used detector=neural_cleanse"):
         nc_anomaly_vs_dp(runs.drop(columns="nc_target_anomaly_index"))
     with pytest.raises(ValueError, match="nc_anomaly_vs_dp: no DP runs"):
         nc_anomaly_vs_dp(runs[runs["dp.name"] == "none"])
-    with pytest.raises(ValueError, match="nc_asr_before_after: no column 'asr_after'"):
+    with pytest.raises(ValueError, match="nc_asr_before_after: no run repaired a model"):
         nc_asr_before_after(runs.drop(columns="asr_after"))
+    with pytest.raises(ValueError, match=r"detector.mitigation=unlearn\|prune"):
+        nc_asr_before_after(runs.assign(asr_after=float("nan")))
 
 
 def test_the_epsilon_note_comes_only_with_an_epsilon(tmp_path):

@@ -80,13 +80,18 @@ def styled(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def require(df: pd.DataFrame, columns: Iterable[str], *, figure: str) -> None:
-    """Raise a one-line ValueError naming the first column ``figure`` needs that has no data."""
+def require(df: pd.DataFrame, columns: Iterable[str], *, figure: str, hint: str | None = None) -> None:
+    """Raise a one-line ValueError naming the first column ``figure`` needs that has no data.
+
+    ``hint`` says in the user's terms what a sweep lacks when these columns are empty (e.g. which option writes
+    them); it leads the message and the column follows in brackets.
+    """
     for col in columns:
-        if col not in df.columns:
-            raise ValueError(f"{figure}: no column {col!r} in the data")
-        if df[col].isna().all():
-            raise ValueError(f"{figure}: column {col!r} has no values")
+        problem = f"no column {col!r} in the data" if col not in df.columns else None
+        if problem is None and df[col].isna().all():
+            problem = f"column {col!r} has no values"
+        if problem:
+            raise ValueError(f"{figure}: {hint} ({problem})" if hint else f"{figure}: {problem}")
 
 
 def ok_runs(df: pd.DataFrame, *, figure: str) -> pd.DataFrame:

@@ -80,7 +80,8 @@ def nc_anomaly_vs_dp(runs: pd.DataFrame) -> Figure:
     """
     name = "nc_anomaly_vs_dp"
     df = ok_runs(runs, figure=name)
-    require(df, ["attack.name", INDEX], figure=name)
+    require(df, ["attack.name"], figure=name)
+    require(df, [INDEX], figure=name, hint="no run used detector=neural_cleanse")
     df = df.dropna(subset=[INDEX])
     vanilla, dp = split_defense(df)
     if dp.empty:
@@ -134,7 +135,13 @@ def nc_asr_before_after(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", 
     """
     name = "nc_asr_before_after"
     df = ok_runs(runs, figure=name)
-    require(df, ["attack.name", "defense", "asr_after"], figure=name)
+    require(df, ["attack.name", "defense"], figure=name)
+    require(
+        df,
+        ["asr_after"],
+        figure=name,
+        hint="no run repaired a model (needs detector.mitigation=unlearn|prune)",
+    )
     metrics = [m for m in metrics if m in df.columns and f"{m}_after" in df.columns and df[f"{m}_after"].notna().any()]
     if not metrics:
         raise ValueError(f"{name}: no metric has both a before and an after value")
