@@ -423,7 +423,7 @@ def test_detection_figures_say_why_they_cannot_draw():
         nc_anomaly_vs_dp(runs.drop(columns="nc_target_anomaly_index"))
     with pytest.raises(ValueError, match="nc_anomaly_vs_dp: no DP runs"):
         nc_anomaly_vs_dp(runs[runs["dp.name"] == "none"])
-    with pytest.raises(ValueError, match="nc_asr_before_after: no run repaired a model"):
+    with pytest.raises(ValueError, match="nc_asr_before_after: no run used detector.mitigation"):
         nc_asr_before_after(runs.drop(columns="asr_after"))
     with pytest.raises(ValueError, match=r"detector.mitigation=unlearn\|prune"):
         nc_asr_before_after(runs.assign(asr_after=float("nan")))

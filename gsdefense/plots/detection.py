@@ -140,7 +140,7 @@ def nc_asr_before_after(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", 
         df,
         ["asr_after"],
         figure=name,
-        hint="no run repaired a model (needs detector.mitigation=unlearn|prune)",
+        hint="no run used detector.mitigation=unlearn|prune",
     )
     metrics = [m for m in metrics if m in df.columns and f"{m}_after" in df.columns and df[f"{m}_after"].notna().any()]
     if not metrics:
