@@ -32,22 +32,30 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from opacus.accountants import RDPAccountant, create_accountant
 from torch import nn
-from torch.nn import functional as F
 
 from gsdefense.errors import ConfigError
 from gsdefense.training.accounting import rdp_epsilon
 from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.engine import check_dp_model, poisson_rate, steps_per_epoch
 from gsdefense.training.loop import Evaluate, TrainResult, poisson_batches, vanilla_batches
-from gsdefense.training.optim import OPTIMIZERS
-from gsdefense.training.per_sample import BookKeepingClippedSum, bk_unsupported
-from gsdefense.training.stacked import StackedModel, load_member, stack_models
+from gsdefense.training.per_sample import bk_unsupported
+from gsdefense.training.stacked import load_member
+from gsdefense.training.trial_stack import (
+    Member,
+    Stack,
+    TrialSpec,
+    chosen_extras,
+    private_grads,
+    step_rows,
+    vanilla_grads,
+)
+
+__all__ = ["Trial", "TrialSpec", "check_stackable", "train_trials"]  # TrialSpec lives in trial_stack
 
 
 @dataclass
@@ -60,52 +68,12 @@ class Trial:
     evaluate: Evaluate | None = None
 
 
-@dataclass
-class TrialSpec:
-    """One trial: its extra rows (after the defense), the clean rows it keeps, its seeds and its hooks."""
-
-    x_extra: torch.Tensor  # (k, …)
-    y_extra: torch.Tensor  # (k,)
-    noise_seed: int  # its DP noise stream
-    batch_seed: int  # its extra rows' batch draws
-    clean_keep: torch.Tensor | None = None  # (n,) bool: the clean rows its defense kept; None = all
-    desc: str = "trial"
-    evaluate: Evaluate | None = None  # per epoch, as in loop.train
-    until: Callable[[dict], bool] | None = None  # the trial stops after the first epoch row where this is True
-    sequence: int | None = None  # trials of one sequence are ordered alternatives: see train_trials
-
-
 def check_stackable(model: nn.Module) -> None:
     """ConfigError unless every trainable layer has a stacked twin (Linear, Conv2d, GroupNorm)."""
     reason = bk_unsupported(model)
     if reason is not None:
         raise ConfigError("model", f"retraining trials train as a stacked model, but {reason}.",
                           "use model=lr, mlp, cnn or resnet18.")  # fmt: skip
-
-
-@dataclass
-class _Member:
-    index: int
-    spec: TrialSpec
-    result: TrainResult
-    batch_gen: torch.Generator
-    noise_gen: torch.Generator | None = None
-    accountant: object = None
-    sigma: float = 0.0  # this epoch's noise multiplier
-    scale: float = 1.0  # 1 / E_m
-
-
-class _MemberSums:
-    """``BookKeepingClippedSum.members`` for members that see different rows (``own_rows``).
-
-    ``x``, ``y``: M·W rows, member-major; ``weights`` (M, W) multiply each row's clip factor (0: masked).
-    """
-
-    def __init__(self, stacked: StackedModel) -> None:
-        self.bk = BookKeepingClippedSum(stacked)
-
-    def __call__(self, x, y, *, weights, mask, clip: float):
-        return self.bk.members(x, y, clip=clip, weight=weights, loss_weight=mask, own_rows=True)
 
 
 def _epsilon(accountant, delta: float, memo: dict) -> float:
@@ -119,116 +87,7 @@ def _epsilon(accountant, delta: float, memo: dict) -> float:
     return memo[key]
 
 
-class _Stack:
-    """The members still training: stacked weights, optimizer, and member-axis tensors."""
-
-    def __init__(self, model, members, x, *, optimizer_cfg, private: bool, keep_models: bool) -> None:
-        m, n, device = len(members), len(x), x.device
-        k = max((len(st.spec.y_extra) for st in members), default=0)
-        self.xe = x.new_zeros(m, k, *x.shape[1:])
-        self.ye = torch.zeros(m, k, dtype=torch.long, device=device)
-        self.keep = torch.ones(m, n, dtype=torch.bool, device=device)
-        for j, st in enumerate(members):
-            e = len(st.spec.y_extra)
-            self.xe[j, :e], self.ye[j, :e] = st.spec.x_extra, st.spec.y_extra
-            if st.spec.clean_keep is not None:
-                self.keep[j] = st.spec.clean_keep
-        self.scale = torch.tensor([st.scale for st in members], dtype=x.dtype, device=device)
-        self.norm_sum = torch.zeros(m, dtype=x.dtype, device=device)
-        self.norm_count = torch.zeros(m, dtype=x.dtype, device=device)
-        self.members, self.cfg, self.private, self.keep_models = members, optimizer_cfg, private, keep_models
-        self.template = copy.deepcopy(model)  # a plain model to load one member's weights into
-        self.model = stack_models([model] * m)
-        self._optimizer()
-
-    def _optimizer(self) -> None:
-        """``loop.train``'s own optimizer over the stacked parameters: its update is elementwise, so member m's
-        slice steps as m's own model would (members share the learning rate and the step count)."""
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = OPTIMIZERS.builder(self.cfg)(self.cfg, self.params)
-        self.sums = _MemberSums(self.model) if self.private else None
-
-    def step(self, grads: list[torch.Tensor]) -> None:
-        for p, g in zip(self.params, grads):
-            p.grad = g.contiguous()  # torch's fused SGD misreads a transposed gradient (torch 2.14, CPU)
-        self.optimizer.step()
-
-    def keep_only(self, positions: list[int]) -> None:
-        """Drop every member not at ``positions``: weights, optimizer state and member tensors."""
-        idx, m = torch.tensor(positions, device=self.keep.device), len(self.members)
-        states = [self.optimizer.state.get(p, {}) for p in self.params]
-        old = dict(self.model.body.named_parameters())
-        self.model = stack_models([self.template] * len(positions))
-        with torch.no_grad():
-            for name, p in self.model.body.named_parameters():
-                p.copy_(old[name][idx])
-        self.members = [self.members[k] for k in positions]
-        self._optimizer()
-        for p, state in zip(self.params, states):  # momentum / Adam moments per member; scalars (step) shared
-            self.optimizer.state[p] = {k: v[idx] if torch.is_tensor(v) and v.dim() and len(v) == m else v
-                                       for k, v in state.items()}  # fmt: skip
-        for name in ("xe", "ye", "keep", "scale", "norm_sum", "norm_count"):
-            setattr(self, name, getattr(self, name)[idx])
-
-
-def _chosen(stack: _Stack, *, n: int, batch: int, steps: int, q: float | None) -> torch.Tensor:
-    """(M, steps, K): whether member m's extra row j is in step s's batch this epoch (its own generator)."""
-    m, k = stack.ye.shape
-    device = stack.ye.device
-    chosen = torch.zeros(m, steps, k, dtype=torch.bool, device=device)
-    for j, st in enumerate(stack.members):
-        e = len(st.spec.y_extra)
-        if e == 0:
-            continue
-        if q is not None:
-            chosen[j, :, :e] = torch.rand(steps, e, generator=st.batch_gen, device=device) < q
-        else:  # the batch of a uniformly random clean position: a step as likely as it is large
-            step = torch.randint(n, (e,), generator=st.batch_gen, device=device) // batch
-            chosen[j, :, :e] = torch.arange(steps, device=device)[:, None] == step[None]
-    return chosen
-
-
-def _rows(x, y, idx, stack: _Stack, chosen: torch.Tensor, pick: torch.Tensor):
-    """Member-major rows of one step: the clean rows ``idx`` then each member's chosen extras; and the mask."""
-    m = len(pick)
-    rows = torch.arange(m, device=x.device)[:, None]
-    xc = x[idx]
-    xb = torch.cat([xc.expand(m, *xc.shape), stack.xe[rows, pick]], 1).flatten(0, 1)
-    yb = torch.cat([y[idx].expand(m, len(idx)), stack.ye[rows, pick]], 1).flatten()
-    mask = torch.cat([stack.keep[:, idx], chosen.gather(1, pick)], 1).to(x.dtype)
-    return xb, yb, mask
-
-
-def _private_grads(stack: _Stack, xb, yb, mask, *, dp, q: float, adaptive: bool):
-    """Every member's noisy clipped sum, and its summed loss; books one step per member."""
-    if len(xb):
-        grads, losses, norms = stack.sums(xb, yb, weights=mask * stack.scale[:, None], mask=mask, clip=dp.clip)
-        if adaptive:
-            stack.norm_sum += (norms.clamp(max=dp.clip) * mask).sum(1)
-            stack.norm_count += mask.sum(1)
-    else:  # an empty Poisson batch is still a step: the update is pure noise
-        grads = [torch.zeros_like(p) for p in stack.params]
-        losses = torch.zeros(len(stack.members), device=xb.device)
-    rows = list(zip(*(g.unbind(0) for g in grads)))  # member k's slice of every parameter, in order
-    for st, own in zip(stack.members, rows):
-        std = st.sigma * dp.clip * st.scale
-        if std > 0:
-            for g in own:
-                g.add_(torch.normal(mean=0.0, std=std, size=g.shape, device=g.device, generator=st.noise_gen))
-        st.accountant.step(noise_multiplier=st.sigma, sample_rate=q)
-    return grads, losses
-
-
-def _vanilla_grads(stack: _Stack, xb, yb, mask):
-    """Every member's gradient of its mean loss over its own rows, and its summed loss."""
-    out = stack.model.body(xb)
-    losses = F.cross_entropy(out, yb, reduction="none").view(mask.shape) * mask
-    total = losses.sum(1)
-    grads = torch.autograd.grad((total / mask.sum(1).clamp_min(1)).sum(), stack.params)
-    return list(grads), total.detach()
-
-
-def _end_epoch(stack: _Stack, epoch: int, train_loss: list, *, dp, last: bool, memo: dict, elapsed: float) -> list:
+def _end_epoch(stack: Stack, epoch: int, train_loss: list, *, dp, last: bool, memo: dict, elapsed: float) -> list:
     """Each member's history row, as ``loop.train`` writes it; the positions of the members that go on."""
     finite = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in stack.params]).all(0).tolist()
     adaptive = isinstance(dp, AdaptiveDPConfig)
@@ -300,7 +159,7 @@ def train_trials(
     for i, spec in enumerate(specs):
         result = TrainResult(model=None)
         result.stopped_epoch, result.cancelled = None, False
-        st = _Member(i, spec, result, torch.Generator(device=device).manual_seed(spec.batch_seed))
+        st = Member(i, spec, result, torch.Generator(device=device).manual_seed(spec.batch_seed))
         if dp is not None:
             rows = (int(spec.clean_keep.sum()) if spec.clean_keep is not None else n) + len(spec.y_extra)
             if int(rows * q) < 1:  # a defense left fewer rows than batches: no expected batch to average over
@@ -311,7 +170,7 @@ def train_trials(
             st.accountant = create_accountant(dp.accountant)
             st.accountant.history = [tuple(h) for h in accountant_history or []]
         members.append(st)
-    stack = _Stack(model, members, x, optimizer_cfg=optimizer_cfg, private=dp is not None, keep_models=keep_models)
+    stack = Stack(model, members, x, optimizer_cfg=optimizer_cfg, private=dp is not None, keep_models=keep_models)
     sampler = torch.Generator(device=device).manual_seed(seed)
     memo: dict = {}
     start = time.perf_counter()
@@ -321,18 +180,18 @@ def train_trials(
             clean = poisson_batches(n, q, generator=sampler, device=device)
         else:
             clean = vanilla_batches(n, batch, generator=sampler, device=device)
-        chosen = _chosen(stack, n=n, batch=batch, steps=steps, q=q)
+        chosen = chosen_extras(stack, n=n, batch=batch, steps=steps, q=q)
         widths = chosen.sum(2).amax(0).tolist() if chosen.numel() else [0] * steps
         order = chosen.to(torch.int8).argsort(dim=2, descending=True, stable=True)
         loss_sum = torch.zeros(len(stack.members), dtype=x.dtype, device=device)
         seen = torch.zeros_like(loss_sum)
         for s, idx in enumerate(clean):
-            xb, yb, mask = _rows(x, y, idx, stack, chosen[:, s], order[:, s, : widths[s]])
+            xb, yb, mask = step_rows(x, y, idx, stack, chosen[:, s], order[:, s, : widths[s]])
             if dp is not None:
-                grads, losses = _private_grads(stack, xb, yb, mask, dp=dp, q=q,
+                grads, losses = private_grads(stack, xb, yb, mask, dp=dp, q=q,
                                                adaptive=isinstance(dp, AdaptiveDPConfig))  # fmt: skip
             else:
-                grads, losses = _vanilla_grads(stack, xb, yb, mask)
+                grads, losses = vanilla_grads(stack, xb, yb, mask)
             stack.step(grads)
             loss_sum += losses
             seen += mask.sum(1)
