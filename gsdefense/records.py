@@ -37,7 +37,7 @@ STATUSES = (*RUN_STATUSES, "stale", "invalid", "missing")
 NUMERIC_METRICS = frozenset(
     {
         *("clean_acc", "best_clean_acc", "target_class_acc", "asr", "robust_acc", "rad", "acc_ref"),
-        *("rad_dp_matched", "acc_ref_dp_matched", "train_loss", "clean_train_loss", "poison_train_loss"),
+        *("rad_dp_matched", "acc_ref_dp_matched", "train_loss", "clean_train_loss", "poison_train_loss", "test_loss"),
         *("epsilon", "delta", "n_train", "n_poison", "poison_ratio", "n_removed", "n_poison_removed"),
         *("certified_upper_bound", "n_targets", "mean_poisons_needed", "seconds_per_target", "seconds"),
         *("diverged_epoch", "fused_group_size"),

@@ -195,12 +195,13 @@ def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path
     ok = result.status == "ok"
     final = result.history[-1] if ok else {}
     model, clean = result.model, ~poisoned.is_poison
-    losses = {"train_loss": None, "clean_train_loss": None, "poison_train_loss": None}
+    losses = {"train_loss": None, "clean_train_loss": None, "poison_train_loss": None, "test_loss": None}
     if ok:
         losses = {
             "train_loss": M.mean_loss(model, poisoned.x, poisoned.y),
             "clean_train_loss": M.mean_loss(model, poisoned.x[clean], poisoned.y[clean]),
             "poison_train_loss": M.mean_loss(model, poisoned.x[~clean], poisoned.y[~clean]),
+            "test_loss": M.mean_loss(model, plan.data.x_test, plan.data.y_test),
         }
     if save_model:
         atomic_write(output_dir / "model.pt", lambda fh: torch.save(model.state_dict(), fh), mode="wb")

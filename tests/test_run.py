@@ -6,15 +6,18 @@ import csv
 import json
 
 import pytest
+import torch
 
+import gsdefense.metrics as M
 import gsdefense.run as run_module
+from gsdefense.plan import prepare
 from gsdefense.run import run
 from tests.conftest import TINY, compose_cfg
 
 REQUIRED_KEYS = {
     "status", "error", "clean_acc", "best_clean_acc", "target_class_acc", "asr", "rad", "rad_dp_matched",
     "rad_best", "acc_ref_best", "epsilon_private_phases",
-    "train_loss", "clean_train_loss", "poison_train_loss", "epsilon", "delta", "n_train", "n_poison",
+    "train_loss", "clean_train_loss", "poison_train_loss", "test_loss", "epsilon", "delta", "n_train", "n_poison",
     "poison_ratio", "seconds", "device",
 }  # fmt: skip
 
@@ -62,10 +65,17 @@ def test_clean_vanilla_run_is_its_own_reference(tmp_path):
 
 
 def test_label_flip_hurts_accuracy_and_has_no_asr(tmp_path):
-    metrics, out = _run(tmp_path, "attack=label_flip", "attack.poison_ratio=0.4", "dp=none", "optimizer.epochs=5")
+    overrides = ("attack=label_flip", "attack.poison_ratio=0.4", "dp=none", "optimizer.epochs=5")
+    metrics, out = _run(tmp_path, *overrides)
     assert metrics["asr"] is None
     assert metrics["rad"] > 0.02
     assert metrics["poison_train_loss"] > metrics["clean_train_loss"]
+    # test_loss is the saved model's mean cross-entropy on the test set (what Steinhardt's bound is about)
+    plan = prepare(compose_cfg(*TINY, *overrides))
+    model = plan.build_model()
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    assert metrics["test_loss"] == pytest.approx(M.mean_loss(model.eval(), plan.data.x_test, plan.data.y_test))
+    assert metrics["test_loss"] > metrics["clean_train_loss"] > 0
     # rad_best (Hong's do_ipoisoning.py): the run's best epoch against its reference's best epoch
     history = [float(r["clean_acc"]) for r in csv.DictReader((out / "history.csv").open())]
     (entry,) = [json.loads(p.read_text())["result"] for p in (tmp_path / "cache" / "reference").glob("*.json")]

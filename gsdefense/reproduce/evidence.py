@@ -10,8 +10,9 @@ Rows are matched by ``run_dir`` (the key ``load_runs`` and ``load_history`` both
   likewise for ``|c_t|`` (positive: the marks fade late in training).
 - ``losses`` (Steinhardt et al.): the run's model is rebuilt from model.pt exactly as ``gsdefense.run`` made
   it, and ``test_loss`` = mean cross-entropy on the test set, ``clean_loss`` = on the whole clean training set
-  (points the defense removed included); ``bound_margin = certified_upper_bound − test_loss``. metrics.json
-  does not record a test loss (a request to the engine's owners is in the reproduction report).
+  (points the defense removed included); ``bound_margin = certified_upper_bound − test_loss``. metrics.json's
+  own ``test_loss`` is the same number, but runs written before it existed lack it, and ``clean_loss`` is not
+  recorded, so both are computed here.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def telemetry(runs: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
     return out
 
 
-def _losses(run_dir: Path) -> tuple[float, float]:
+def run_losses(run_dir: Path) -> tuple[float, float]:
+    """(test_loss, clean_loss) of the model in ``run_dir``, rebuilt from its config and model.pt."""
     import torch
     from omegaconf import OmegaConf
 
@@ -80,7 +82,7 @@ def model_losses(runs: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:  # noqa: 
     test, clean = [], []
     for run_dir in runs["run_dir"]:
         try:
-            a, b = _losses(Path(run_dir))
+            a, b = run_losses(Path(run_dir))
         except Exception as err:  # noqa: BLE001 - one unreadable run must not cost the claim's other runs
             warnings.warn(
                 f"{run_dir}: cannot rebuild the model ({type(err).__name__}: {err})", RuntimeWarning, stacklevel=2
