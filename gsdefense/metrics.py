@@ -25,7 +25,6 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:
     """Mean cross-entropy of ``model`` on ``(x, y)``, in chunks; None for no rows."""
     if len(y) == 0:

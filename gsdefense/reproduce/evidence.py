@@ -58,7 +58,7 @@ def telemetry(runs: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
     return out
 
 
-def run_losses(run_dir: Path) -> tuple[float, float]:
+def _losses(run_dir: Path) -> tuple[float, float]:
     """(test_loss, clean_loss) of the model in ``run_dir``, rebuilt from its config and model.pt."""
     import torch
     from omegaconf import OmegaConf
@@ -82,7 +82,7 @@ def model_losses(runs: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:  # noqa: 
     test, clean = [], []
     for run_dir in runs["run_dir"]:
         try:
-            a, b = run_losses(Path(run_dir))
+            a, b = _losses(Path(run_dir))
         except Exception as err:  # noqa: BLE001 - one unreadable run must not cost the claim's other runs
             warnings.warn(
                 f"{run_dir}: cannot rebuild the model ({type(err).__name__}: {err})", RuntimeWarning, stacklevel=2
