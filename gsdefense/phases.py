@@ -115,20 +115,23 @@ def fit(plan: Plan, x: torch.Tensor, y: torch.Tensor, *, dp, desc: str, **hooks)
 
 
 def kept_rows(poisoned: PoisonedSet, kept: PoisonedSet) -> torch.Tensor:
-    """Which rows of ``poisoned`` a defense kept: ``Defense.apply`` returns them in order (``defenses.keep``).
+    """Which rows of ``poisoned`` a defense kept: ``Defense.apply`` returns them in order (``defenses.keep``), with
+    their mask in ``kept.kept``.
 
-    Rows are matched on (x, y, is_poison), then checked: a defense that reorders, alters, or keeps one of two
-    identical rows but not the other cannot be told apart row by row, and is refused with a RuntimeError.
+    A set without that mask (a defense that builds its own) is matched row by row on the exact (x, y, is_poison)
+    values; either way the result is checked: a defense that reorders, alters, or keeps one of two identical rows
+    but not the other cannot be told apart row by row, and is refused with a RuntimeError.
     """
     n = len(poisoned.y)
     if kept is poisoned or len(kept.y) == n:
         mask = torch.ones(n, dtype=torch.bool, device=poisoned.y.device)
+    elif kept.kept is not None and len(kept.kept) == n:
+        mask = kept.kept.to(device=poisoned.y.device, dtype=torch.bool)
     else:
-        direction = torch.randn(poisoned.x[0].numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
+        # Exact values, not a projection: a matmul's rounding depends on the matrix's shape (BLAS blocking), so the
+        # same row can project differently inside the full set and inside the kept subset.
         def key(s: PoisonedSet) -> torch.Tensor:
-            proj = s.x.flatten(1).double() @ direction.to(s.x.device)
-            return torch.stack([proj, s.y.double(), s.is_poison.double()], 1)
+            return torch.cat([s.x.flatten(1).double(), s.y.double()[:, None], s.is_poison.double()[:, None]], 1)
 
         _, ids = torch.unique(torch.cat([key(poisoned), key(kept)]), dim=0, return_inverse=True)
         mask = torch.isin(ids[:n], ids[n:])

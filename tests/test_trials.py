@@ -296,3 +296,18 @@ def test_poison_frogs_batched_equals_one_after_another(tmp_path, mode, dp, monke
     if mode == "multipoison":  # successes after failed trials; vanilla's stop before the last epoch (measured)
         assert batched["asr"] > 0 and any(r["success"] == "True" and r["trials"] != "1" for r in batched["rows"])
         assert (batched["n_trial_epochs"] < batched["n_trials"] * 4) == (dp == "none")
+
+
+def test_kept_rows_reads_the_defense_mask_even_where_rows_cannot_be_told_apart():
+    """``defenses.keep`` hands its mask on: of two identical rows, keeping only the second is recovered exactly
+    (row matching cannot tell them apart, and a projection's rounding depends on the matrix's shape)."""
+    from gsdefense.defenses import keep
+
+    x = torch.tensor([[1.0, 2.0], [1.0, 2.0], [3.0, 4.0]])
+    poisoned = PoisonedSet(x, torch.tensor([0, 0, 1]), torch.tensor([False, False, True]))
+    mask = torch.tensor([False, True, True])
+    kept, info = keep(poisoned, mask)
+    assert torch.equal(kept_rows(poisoned, kept), mask) and info == {"n_removed": 1, "n_poison_removed": 0}
+    without = PoisonedSet(kept.x, kept.y, kept.is_poison)  # a defense that builds its own set: matched by value
+    with pytest.raises(RuntimeError, match="ordered subset"):
+        kept_rows(poisoned, without)

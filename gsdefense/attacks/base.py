@@ -41,6 +41,7 @@ class PoisonedSet:
     x: torch.Tensor
     y: torch.Tensor
     is_poison: torch.Tensor
+    kept: torch.Tensor | None = None  # set by a defense: which rows of the set it was given it kept (a bool mask)
 
     @property
     def n_poison(self) -> int:

@@ -31,7 +31,8 @@ def keep(poisoned: PoisonedSet, mask) -> tuple[PoisonedSet, dict[str, int]]:
     """Keep the samples where ``mask`` is True; count what was removed."""
     removed = ~mask
     info = {"n_removed": int(removed.sum()), "n_poison_removed": int((removed & poisoned.is_poison).sum())}
-    return PoisonedSet(x=poisoned.x[mask], y=poisoned.y[mask], is_poison=poisoned.is_poison[mask]), info
+    kept = PoisonedSet(x=poisoned.x[mask], y=poisoned.y[mask], is_poison=poisoned.is_poison[mask], kept=mask)
+    return kept, info
 
 
 @dataclass
