@@ -93,12 +93,15 @@ def test_schedule_and_allotment_follow_the_released_code():
     np.testing.assert_array_equal(allot(np.array([1.0, 1.0, 1.0, 0.0]), 10), [4, 3, 3, 0])
 
 
-def test_retrain_separates_separable_data_within_the_norm_ball():
+def test_retrain_fits_each_candidate_within_the_norm_ball():
+    """Separable data: the clean-only candidate is fitted; a candidate with heavy flipped copies is not."""
     x = torch.tensor([[0.0, 1.0], [0.0, 2.0], [1.0, 0.0], [2.0, 0.0]])
     sign = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
-    none = torch.zeros(0, 2, dtype=torch.float64)
-    loss, acc = retrain(x, sign, none, sign[:0], torch.zeros(0), eta=0.1, rho=10.0, steps=200)
-    assert acc == 1.0 and loss < 0.05
+    points = torch.tensor([[[2.0, 0.0]] * 4, [[2.0, 0.0]] * 4], dtype=torch.float64)  # labelled +, +, −, −
+    counts = torch.tensor([[0, 0, 0, 0], [30, 0, 0, 0]])
+    loss, acc = retrain(x, sign, points, sign, counts, eta=0.1, rho=10.0, steps=200)
+    assert acc[0] == 1.0 and loss[0] < 0.05
+    assert acc[1] < 1.0 and loss[1] > 0.5
 
 
 def test_slab_poisons_are_few_points_inside_the_data_dependent_set(cancer):
@@ -120,13 +123,26 @@ def test_slab_poisons_are_few_points_inside_the_data_dependent_set(cancer):
     assert final[0] > 0 and np.isfinite(final[1])
 
 
-def test_slab_poisons_are_deterministic_per_seed(cancer):
-    attack = _slab(cancer, iterations=6, random_splits=2, retrain_steps=20)
+def test_slab_poisons_are_deterministic_per_seed(cancer, monkeypatch):
+    attack = _slab(cancer, iterations=6, random_splits=3, retrain_steps=20)
     attack.feasible = FeasibleSet.fit(cancer.x_train, cancer.y_train, num_classes=2, percentile=65, box=cancer.box)
-    first, again, other = (attack.craft(cancer.x_train, cancer.y_train, count=40, seed=s) for s in (0, 0, 1))
+    first, again = (attack.craft(cancer.x_train, cancer.y_train, count=40, seed=0) for _ in range(2))
     for key in first:
         torch.testing.assert_close(first[key], again[key], rtol=0, atol=0)
-    assert not torch.equal(first["points"], other["points"])
+    # the seed drives the random mass splits tried (here the heuristic split wins every time)
+    tried: dict[int, list] = {0: [], 1: []}
+    solve = slab_inner.solve
+    for seed in tried:
+        monkeypatch.setattr(
+            slab_inner, "solve", lambda seed=seed, **kw: tried[seed].append(kw["masses"]) or solve(**kw)
+        )
+        attack.craft(cancer.x_train, cancer.y_train, count=40, seed=seed)
+    eps, p_plus = 40 / len(cancer.y_train), float(cancer.y_train.double().mean())
+    assert len(tried[0]) == len(tried[1]) == 6 * 4 + 2  # 1 heuristic + 3 random per iteration, 2 checks re-solved
+    np.testing.assert_allclose(tried[0][0], eps * np.array([p_plus, 0, 1 - p_plus, 0]))  # the heuristic split
+    np.testing.assert_allclose(tried[1][0], tried[0][0])
+    assert not np.allclose(tried[0][1], tried[1][1])  # the first Dirichlet draw
+    np.testing.assert_allclose([sum(q) for q in tried[0][1:4]], eps)  # every split has mass ε
 
 
 def test_with_poisons_is_the_centroid_of_the_poisoned_data(cancer):

@@ -20,8 +20,8 @@ tried (it samples 200 fresh ones every ⌈0.126·T⌉ iterations), not a certifi
 Simplified (docs/deviations.md): copies are allotted by largest-remainder rounding of ``count·q/ε`` (the original
 draws them from a multinomial); the check's model is trained by full-batch dual averaging with summed gradients
 (``retrain_steps`` steps; the original's ``trainRDA2.m`` runs 10 epochs of per-sample steps); radii are the
-percentiles of all clean points of a class (``computeTau.m`` uses its first 1,000); the four extra directions
-of the 7-dimensional solution space are seeded Gaussian ones (the original's are unseeded Gaussian ones).
+percentiles of all clean points of a class (``computeTau.m`` uses its first 1,000); the inner problem is solved
+in span(μ₊, μ₋, θ) (see ``slab_inner``), where the original's SDP may also use four random directions.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from threadpoolctl import threadpool_limits
 
 from gsdefense.attacks import slab_inner
 from gsdefense.attacks.feasible import FeasibleSet
-
-EXTRA_DIMS = 4  # the Gram matrix has 7 rows: 4 poisons + μ₊, μ₋, θ
 
 
 @dataclass
@@ -70,28 +68,29 @@ def allot(masses: np.ndarray, count: int) -> np.ndarray:
     return out
 
 
-def retrain(x, sign, points, point_sign, counts, *, eta: float, rho: float, steps: int) -> tuple[float, float]:
-    """Clean hinge loss and accuracy of a hinge model on clean + ``counts`` copies of ``points``.
+def retrain(x, sign, points, point_sign, counts, *, eta: float, rho: float, steps: int) -> tuple[torch.Tensor, ...]:
+    """Clean hinge loss and accuracy of hinge models trained on clean + ``counts[j]`` copies of ``points[j]``.
 
+    ``points``: (m, 4, d), ``counts``: (m, 4) — m candidate attacks trained at once (one matrix product per step).
     Dual averaging on ``‖(θ, b)‖ ≤ ρ`` with summed gradients (``trainRDA2.m``'s rule, full batch); no host sync
-    inside the loop.
+    inside the loop. Returns two (m,) tensors.
     """
-    n = len(sign)
-    w_clean = torch.ones(n, dtype=torch.float64, device=x.device)
-    w_pois = counts.to(torch.float64)
-    z_w = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    z_b = torch.zeros((), dtype=torch.float64, device=x.device)
-    lam = torch.tensor(1.0 / eta, dtype=torch.float64, device=x.device)
-    w, b = z_w.clone(), z_b.clone()
+    m, dev = len(points), x.device
+    z_w = torch.zeros(m, x.shape[1], dtype=torch.float64, device=dev)
+    z_b = torch.zeros(m, dtype=torch.float64, device=dev)
+    lam = torch.full((m,), 1.0 / eta, dtype=torch.float64, device=dev)
+    w, b, weight = z_w.clone(), z_b.clone(), counts.to(torch.float64)
     for _ in range(steps):
-        _, g_w, g_b = hinge(x, sign, w, b, w_clean)
-        _, p_w, p_b = hinge(points, point_sign, w, b, w_pois)
-        z_w, z_b = z_w - g_w.double() - p_w, z_b - g_b - p_b
-        lam = torch.maximum(lam, torch.sqrt(z_w.square().sum() + z_b.square()) / rho)
-        w, b = z_w / lam, z_b / lam
-    loss, _, _ = hinge(x, sign, w, b, w_clean / n)
-    acc = (sign * (x @ w.to(x.dtype) + b).double() > 0).double().mean()
-    return float(loss), float(acc)
+        clean = sign[:, None] * ((x @ w.T.to(x.dtype)).double() + b)  # (n, m) margins
+        coef = -(clean < 1).double() * sign[:, None]
+        pois = point_sign * (torch.einsum("mkd,md->mk", points, w) + b[:, None])  # (m, 4)
+        p_coef = -(pois < 1).double() * point_sign * weight
+        z_w = z_w - (coef.T.to(x.dtype) @ x).double() - torch.einsum("mk,mkd->md", p_coef, points)
+        z_b = z_b - coef.sum(0) - p_coef.sum(1)
+        lam = torch.maximum(lam, torch.sqrt(z_w.square().sum(1) + z_b.square()) / rho)
+        w, b = z_w / lam[:, None], z_b / lam
+    margins = sign[:, None] * ((x @ w.T.to(x.dtype)).double() + b)
+    return (1 - margins).clamp_min(0).mean(0), (margins > 0).double().mean(0)
 
 
 def craft(
@@ -124,7 +123,6 @@ def _craft(x, y, *, count, feasible, eta, rho, iterations, random_splits, retrai
     priors = np.array([float((y == 1).double().mean()), float((y == 0).double().mean())])
     radii = feasible.radii.flip(0).cpu().numpy()
     half = (feasible.slab_radii / feasible.slab_dirs.norm(dim=1)).flip(0).cpu().numpy()
-    extra = torch.randn(d, EXTRA_DIMS, generator=generator, dtype=torch.float64).numpy()
     mu_host = mu.cpu().numpy()
     point_sign = torch.tensor(slab_inner.SIGN, dtype=torch.float64, device=dev)
     labels = torch.tensor([1, 1, 0, 0], device=dev)
@@ -135,11 +133,11 @@ def _craft(x, y, *, count, feasible, eta, rho, iterations, random_splits, retrai
     lam = max(1.0 / eta, float(torch.sqrt(z_w.square().sum() + z_b.square())) / rho)
     w, b = z_w / lam, z_b / lam
     checks = check_schedule(iterations)
-    best: tuple[float, torch.Tensor, np.ndarray, np.ndarray] | None = None
+    candidates: list[tuple[torch.Tensor, np.ndarray]] = []  # (points, copies) of each lower-bound check
     upper = float("inf")
     for t in range(1, iterations + 1):
         w_host = w.cpu().numpy()
-        basis, _ = np.linalg.qr(np.concatenate([mu_host.T, w_host[:, None], extra], 1)[:, : min(d, 3 + EXTRA_DIMS)])
+        basis, _ = np.linalg.qr(np.concatenate([mu_host.T, w_host[:, None]], 1)[:, : min(d, 3)])
         cent, theta = mu_host @ basis, w_host @ basis
         splits = [eps * np.array([priors[0], 0.0, priors[1], 0.0])]
         splits += [eps * g / g.sum() for g in (rng.gamma(priors[[0, 0, 1, 1]]) for _ in range(random_splits))]
@@ -166,15 +164,18 @@ def _craft(x, y, *, count, feasible, eta, rho, iterations, random_splits, retrai
             exact, coords = slab_inner.solve(centroids=cent, theta=theta, bias=float(b), priors=priors,
                                              masses=counts / n, radii=radii, half_widths=half)  # fmt: skip
             if np.isfinite(exact):
-                check = torch.from_numpy(coords @ basis.T).to(dev)
-                score, _ = retrain(x, sign, check, point_sign, torch.from_numpy(counts).to(dev),
-                                   eta=eta / (1 + eps), rho=rho, steps=retrain_steps)  # fmt: skip
-                if best is None or score > best[0]:
-                    best = (score, check, counts, counts / n)
+                candidates.append((torch.from_numpy(coords @ basis.T).to(dev), counts))
         z_w, z_b = z_w - g_w.double() - p_w, z_b - g_b - p_b
         lam = max(lam, float(torch.sqrt(z_w.square().sum() + z_b.square())) / rho)
         w, b = z_w / lam, z_b / lam
-    if best is None:  # count == 0
-        best = (0.0, torch.zeros(4, d, dtype=torch.float64, device=dev), np.zeros(4, np.int64), np.zeros(4))
-    score, points, counts, masses = best
-    return SlabResult(points, labels, torch.from_numpy(counts).to(dev), masses, score, upper)
+    if not candidates:  # count == 0
+        zeros = np.zeros(4, np.int64)
+        return SlabResult(torch.zeros(4, d, dtype=torch.float64, device=dev), labels, torch.from_numpy(zeros), zeros,
+                          0.0, upper)  # fmt: skip
+    # the checks train against each candidate (all at once: they are independent); the best clean loss wins
+    stacked = torch.stack([c for c, _ in candidates])
+    copies = torch.from_numpy(np.stack([k for _, k in candidates])).to(dev)
+    scores, _ = retrain(x, sign, stacked, point_sign, copies, eta=eta / (1 + eps), rho=rho, steps=retrain_steps)
+    j = int(scores.argmax())  # the first of equal scores, as the released code's strict ">"
+    points, counts = candidates[j]
+    return SlabResult(points, labels, copies[j], counts / n, float(scores[j]), upper)
