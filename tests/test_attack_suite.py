@@ -282,7 +282,7 @@ BAD = [
     (["attack=steinhardt", "model=lr", "dataset=breast_cancer", "attack.method=sdp"], "attack.method"),
     (["attack=steinhardt", "model=lr", "dataset=breast_cancer", "attack.loss=logistic"], "attack.loss"),
     (["attack=steinhardt", "model=lr", "dataset=breast_cancer", "attack.iterations=0"], "attack.iterations"),
-    (["attack=steinhardt", "model=lr", "dataset=breast_cancer", "attack.retrain_steps=0"], "attack.retrain_steps"),
+    (["attack=steinhardt", "model=lr", "dataset=breast_cancer", "attack.retrain_epochs=0"], "attack.retrain_epochs"),
     (["attack=collision", "dataset=digits", "dataset.classes=[3,12]"], "dataset.classes"),
     (["attack=collision", "dataset=breast_cancer", "attack.base_class=5"], "attack.base_class"),
     (["attack=collision", "attack.other_class=0"], "attack.other_class"),

@@ -17,7 +17,7 @@ from gsdefense.data import load_dataset
 from gsdefense.run import run
 from tests.conftest import compose_cfg, run_cli
 
-FAST = ["attack.iterations=12", "attack.random_splits=3", "attack.retrain_steps=30"]  # the attack, shortened
+FAST = ["attack.iterations=12", "attack.random_splits=3", "attack.retrain_epochs=1"]  # the attack, shortened
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +94,28 @@ def test_schedule_and_allotment_follow_the_released_code():
 
 
 def test_retrain_fits_each_candidate_within_the_norm_ball():
-    """Separable data: the clean-only candidate is fitted; a candidate with heavy flipped copies is not."""
-    x = torch.tensor([[0.0, 1.0], [0.0, 2.0], [1.0, 0.0], [2.0, 0.0]])
-    sign = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
-    points = torch.tensor([[[2.0, 0.0]] * 4, [[2.0, 0.0]] * 4], dtype=torch.float64)  # labelled +, +, −, −
-    counts = torch.tensor([[0, 0, 0, 0], [30, 0, 0, 0]])
-    loss, acc = retrain(x, sign, points, sign, counts, eta=0.1, rho=10.0, steps=200)
+    """Separable data: 30 correctly labelled copies keep it separable; 30 flipped copies break the fit."""
+    x = np.array([[0.0, 1.0], [0.0, 2.0], [1.0, 0.0], [2.0, 0.0]])
+    sign = np.array([1.0, 1.0, -1.0, -1.0])
+    points = np.array([[[2.0, 0.0]] * 4, [[2.0, 0.0]] * 4])  # labelled +, +, −, −: as a "+" it is flipped
+    counts = np.array([[0, 0, 30, 0], [30, 0, 0, 0]])
+    loss, acc = retrain(x, sign, points, sign, counts, eta=0.1, rho=10.0, epochs=30, rng=np.random.default_rng(0))
     assert acc[0] == 1.0 and loss[0] < 0.05
     assert acc[1] < 1.0 and loss[1] > 0.5
 
 
+def test_retrain_keeps_the_parameters_in_the_rho_ball():
+    rng = np.random.default_rng(1)
+    x, sign = rng.normal(size=(50, 3)), np.where(rng.random(50) < 0.5, 1.0, -1.0)  # noise: never separable
+    points, counts = np.zeros((1, 4, 3)), np.zeros((1, 4), dtype=np.int64)
+    for rho in (0.1, 1.0):
+        loss, _ = retrain(x, sign, points, sign[:4], counts, eta=10.0, rho=rho, epochs=5, rng=rng)
+        # ‖θ‖ ≤ ρ and |x| ≲ 3: every margin is small, so the hinge loss stays near 1
+        assert abs(loss[0] - 1) < 3.5 * rho
+
+
 def test_slab_poisons_are_few_points_inside_the_data_dependent_set(cancer):
-    attack = _slab(cancer, poison_ratio=0.2, iterations=12, random_splits=3, retrain_steps=30)
+    attack = _slab(cancer, poison_ratio=0.2, iterations=12, random_splits=3, retrain_epochs=1)
     out = attack.poison(cancer, generator=torch.Generator().manual_seed(0))
     n, count = len(cancer.y_train), round(0.2 * len(cancer.y_train))
     assert out.n_poison == count == 85 and out.is_poison[n:].all() and torch.equal(out.x[:n], cancer.x_train)
@@ -124,7 +134,7 @@ def test_slab_poisons_are_few_points_inside_the_data_dependent_set(cancer):
 
 
 def test_slab_poisons_are_deterministic_per_seed(cancer, monkeypatch):
-    attack = _slab(cancer, iterations=6, random_splits=3, retrain_steps=20)
+    attack = _slab(cancer, iterations=6, random_splits=3, retrain_epochs=1)
     attack.feasible = FeasibleSet.fit(cancer.x_train, cancer.y_train, num_classes=2, percentile=65, box=cancer.box)
     first, again = (attack.craft(cancer.x_train, cancer.y_train, count=40, seed=0) for _ in range(2))
     for key in first:
@@ -197,13 +207,13 @@ def test_a_dp_sweep_crafts_the_poisons_once_and_a_corrupt_entry_is_recrafted(tmp
 def test_a_ratio_and_the_same_count_share_one_entry(cancer, tmp_path, monkeypatch):
     """poison_ratio 0.2 and n_poisons 85 are the same 85 poisons: the key holds the count, not its spelling."""
     ctx = RunContext(seed=0, device=torch.device("cpu"), cache_dir=tmp_path, model_name="lr")
-    first = _slab(cancer, poison_ratio=0.2, iterations=6, random_splits=2, retrain_steps=20)
+    first = _slab(cancer, poison_ratio=0.2, iterations=6, random_splits=2, retrain_epochs=1)
     first.poison(cancer, generator=torch.Generator().manual_seed(0), context=ctx)
     monkeypatch.setattr(steinhardt_module.Steinhardt, "craft", lambda *a, **k: pytest.fail("recrafted"))
-    same = _slab(cancer, poison_ratio=None, n_poisons=85, iterations=6, random_splits=2, retrain_steps=20)
+    same = _slab(cancer, poison_ratio=None, n_poisons=85, iterations=6, random_splits=2, retrain_epochs=1)
     same.poison(cancer, generator=torch.Generator().manual_seed(0), context=ctx)
     assert first.cache_hit is False and same.cache_hit is True
-    other = _slab(cancer, poison_ratio=None, n_poisons=84, iterations=6, random_splits=2, retrain_steps=20)
+    other = _slab(cancer, poison_ratio=None, n_poisons=84, iterations=6, random_splits=2, retrain_epochs=1)
     with pytest.raises(pytest.fail.Exception, match="recrafted"):
         other.poison(cancer, generator=torch.Generator().manual_seed(0), context=ctx)
 
@@ -211,8 +221,8 @@ def test_a_ratio_and_the_same_count_share_one_entry(cancer, tmp_path, monkeypatc
 @pytest.mark.parametrize(
     "node, corrupt, reason",
     [
-        (dict(method="slab", iterations=6, random_splits=2, retrain_steps=20), lambda t: t["points"].mul_(3), "sphere"),
-        (dict(method="slab", iterations=6, random_splits=2, retrain_steps=20), lambda t: t["counts"].add_(1), "counts"),
+        (dict(method="slab", iterations=6, random_splits=2, retrain_epochs=1), lambda t: t["points"].mul_(3), "sphere"),
+        (dict(method="slab", iterations=6, random_splits=2, retrain_epochs=1), lambda t: t["counts"].add_(1), "counts"),
         (dict(method="online", burn_in=20), lambda t: t["points"].add_(0.3), "box"),
         (dict(method="online", burn_in=20), lambda t: t["labels"].fill_(2), "labels"),
     ],

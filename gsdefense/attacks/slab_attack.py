@@ -9,8 +9,9 @@ Hinge loss on ``f(x) = ⟨θ, x⟩ + b``, labels ±1 (label 1 ↦ +1). Online le
    keep the split with the largest value.
 2. ``z −= ∇L_c(θ) + Σᵢ qᵢ ∇ℓ(θ; xᵢ, yᵢ)``;  ``λ = max(λ, ‖z‖/ρ)``;  ``θ = z/λ``.
 3. At t ∈ {3, 6, …, 48} ∪ {50, 60, …} ∪ {last} ("lower-bound check"): ``count`` poisons are copies of the four
-   points in proportion to q; a hinge model is trained on clean + poisons (``retrain``) and its clean hinge loss
-   scored. The poisons of the highest-scoring check are the attack (``bestX(1,:,:)`` in the .mat).
+   points in proportion to q; a hinge model is trained on clean + poisons (``retrain``, ``trainRDA2.m``: per-sample
+   dual averaging, ``retrain_epochs`` passes) and its clean hinge loss scored. The poisons of the highest-scoring
+   check are the attack (``bestX(1,:,:)`` in the .mat).
 
 The result is a handful of distinct points (Hong et al. §7.1: 3,970 copies of one coat image and 350 dresses of
 two kinds at ε = 0.4), which the caller clips into the data's box as Hong's ``do_ipoisoning.py`` does.
@@ -18,8 +19,8 @@ two kinds at ε = 0.4), which the caller clips into the data's box as Hong's ``d
 tried (it samples 200 fresh ones every ⌈0.126·T⌉ iterations), not a certificate.
 
 Simplified (docs/deviations.md): copies are allotted by largest-remainder rounding of ``count·q/ε`` (the original
-draws them from a multinomial); the check's model is trained by full-batch dual averaging with summed gradients
-(``retrain_steps`` steps; the original's ``trainRDA2.m`` runs 10 epochs of per-sample steps); radii are the
+draws them from a multinomial); the checks run after the last iteration, all candidates in one per-sample pass
+sharing one order (the original trains each at its iteration with a fresh order); radii are the
 percentiles of all clean points of a class (``computeTau.m`` uses its first 1,000); the inner problem is solved
 in span(μ₊, μ₋, θ) (see ``slab_inner``), where the original's SDP may also use four random directions.
 """
@@ -68,29 +69,44 @@ def allot(masses: np.ndarray, count: int) -> np.ndarray:
     return out
 
 
-def retrain(x, sign, points, point_sign, counts, *, eta: float, rho: float, steps: int) -> tuple[torch.Tensor, ...]:
-    """Clean hinge loss and accuracy of hinge models trained on clean + ``counts[j]`` copies of ``points[j]``.
+def retrain(x, sign, points, point_sign, counts, *, eta: float, rho: float, epochs: int, rng) -> tuple[np.ndarray, ...]:
+    """``trainRDA2.m`` for m candidate attacks at once: clean hinge loss and accuracy of each trained model.
 
-    ``points``: (m, 4, d), ``counts``: (m, 4) — m candidate attacks trained at once (one matrix product per step).
-    Dual averaging on ``‖(θ, b)‖ ≤ ρ`` with summed gradients (``trainRDA2.m``'s rule, full batch); no host sync
-    inside the loop. Returns two (m,) tensors.
+    Candidate j trains on the clean ``(x, sign)`` plus ``counts[j, k]`` copies of ``points[j, k]`` (labels
+    ``point_sign``): ``epochs`` passes in one random order (shared by the candidates); at each sample with margin
+    ``y(⟨θ, x⟩ + b) < 1``: ``z += y(x, 1)``, ``λ = max(λ, ‖z‖/ρ)``, ``θ = z/λ``, regret ``R += ½‖(x, 1)‖²/λ``;
+    whenever ``R > ½ρ²/η``, η halves and ``λ = max(λ, 1/η)`` (θ waits for the next update). Per-sample, so on
+    the host in float64; one (m, d) product per sample. Arrays: x (n, d), points (m, 4, d), counts (m, 4).
     """
-    m, dev = len(points), x.device
-    z_w = torch.zeros(m, x.shape[1], dtype=torch.float64, device=dev)
-    z_b = torch.zeros(m, dtype=torch.float64, device=dev)
-    lam = torch.full((m,), 1.0 / eta, dtype=torch.float64, device=dev)
-    w, b, weight = z_w.clone(), z_b.clone(), counts.to(torch.float64)
-    for _ in range(steps):
-        clean = sign[:, None] * ((x @ w.T.to(x.dtype)).double() + b)  # (n, m) margins
-        coef = -(clean < 1).double() * sign[:, None]
-        pois = point_sign * (torch.einsum("mkd,md->mk", points, w) + b[:, None])  # (m, 4)
-        p_coef = -(pois < 1).double() * point_sign * weight
-        z_w = z_w - (coef.T.to(x.dtype) @ x).double() - torch.einsum("mk,mkd->md", p_coef, points)
-        z_b = z_b - coef.sum(0) - p_coef.sum(1)
-        lam = torch.maximum(lam, torch.sqrt(z_w.square().sum(1) + z_b.square()) / rho)
-        w, b = z_w / lam[:, None], z_b / lam
-    margins = sign[:, None] * ((x @ w.T.to(x.dtype)).double() + b)
-    return (1 - margins).clamp_min(0).mean(0), (margins > 0).double().mean(0)
+    (n, d), m = x.shape, len(points)
+    pidx = np.stack([np.repeat(np.arange(4), c) for c in counts])  # (m, count): the point each copy is
+    rows, x_sq, p_sq = np.arange(m), (x * x).sum(1) + 1.0, (points * points).sum(2) + 1.0
+    z, z_b, z_sq = np.zeros((m, d)), np.zeros(m), np.zeros(m)  # z_sq = ‖(z, z_b)‖², kept incrementally
+    lam, eta_j, regret = np.full(m, 1.0 / eta), np.full(m, eta), np.zeros(m)
+    lam_theta = lam.copy()  # the λ of the current θ = z / λ_θ
+    for _ in range(epochs):
+        for s in rng.permutation(n + pidx.shape[1]):
+            if s < n:
+                xs, ys, g_sq = x[s], sign[s], x_sq[s]
+                dot = z @ xs + z_b
+            else:
+                k = pidx[:, s - n]
+                xs, ys, g_sq = points[rows, k], point_sign[k], p_sq[rows, k]
+                dot = np.einsum("md,md->m", z, xs) + z_b
+            active = ys * dot < lam_theta  # margin y(⟨θ, x⟩ + b) < 1
+            if active.any():
+                z_sq = np.where(active, z_sq + 2 * ys * dot + g_sq, z_sq)
+                z[active] += (ys * xs.T).T[active] if s >= n else ys * xs
+                z_b = np.where(active, z_b + ys, z_b)
+                lam = np.where(active, np.maximum(lam, np.sqrt(z_sq) / rho), lam)
+                lam_theta = np.where(active, lam, lam_theta)
+                regret = np.where(active, regret + 0.5 * g_sq / lam, regret)
+            halve = regret > 0.5 * rho**2 / eta_j
+            if halve.any():
+                eta_j = np.where(halve, eta_j / 2, eta_j)
+                lam = np.maximum(lam, 1.0 / eta_j)
+    margins = sign[:, None] * (x @ z.T + z_b) / lam_theta
+    return np.clip(1 - margins, 0, None).mean(0), (margins > 0).mean(0)
 
 
 def craft(
@@ -103,16 +119,16 @@ def craft(
     rho: float,
     iterations: int,
     random_splits: int,
-    retrain_steps: int,
+    retrain_epochs: int,
     generator: torch.Generator,
 ) -> SlabResult:
     """The attack of the module docstring on clean ``(x, y)`` (y in {0, 1}); ``feasible`` holds the clean radii."""
     with threadpool_limits(1):  # the inner problems are tiny: BLAS threads only contend
         return _craft(x, y, count=count, feasible=feasible, eta=eta, rho=rho, iterations=iterations,
-                      random_splits=random_splits, retrain_steps=retrain_steps, generator=generator)  # fmt: skip
+                      random_splits=random_splits, retrain_epochs=retrain_epochs, generator=generator)  # fmt: skip
 
 
-def _craft(x, y, *, count, feasible, eta, rho, iterations, random_splits, retrain_steps, generator) -> SlabResult:
+def _craft(x, y, *, count, feasible, eta, rho, iterations, random_splits, retrain_epochs, generator) -> SlabResult:
     x = x.reshape(len(x), -1).float()
     dev, d, n = x.device, x.shape[1], len(y)
     sign = y.to(torch.float64) * 2 - 1
@@ -173,9 +189,11 @@ def _craft(x, y, *, count, feasible, eta, rho, iterations, random_splits, retrai
         return SlabResult(torch.zeros(4, d, dtype=torch.float64, device=dev), labels, torch.from_numpy(zeros), zeros,
                           0.0, upper)  # fmt: skip
     # the checks train against each candidate (all at once: they are independent); the best clean loss wins
-    stacked = torch.stack([c for c, _ in candidates])
-    copies = torch.from_numpy(np.stack([k for _, k in candidates])).to(dev)
-    scores, _ = retrain(x, sign, stacked, point_sign, copies, eta=eta / (1 + eps), rho=rho, steps=retrain_steps)
-    j = int(scores.argmax())  # the first of equal scores, as the released code's strict ">"
-    points, counts = candidates[j]
-    return SlabResult(points, labels, copies[j], counts / n, float(scores[j]), upper)
+    copies = np.stack([k for _, k in candidates])
+    stacked = torch.stack([c for c, _ in candidates]).cpu().numpy()
+    host_x, host_sign = x.double().cpu().numpy(), sign.cpu().numpy()
+    scores, _ = retrain(host_x, host_sign, stacked, slab_inner.SIGN, copies, eta=eta / (1 + eps), rho=rho,
+                        epochs=retrain_epochs, rng=rng)  # fmt: skip
+    j = int(np.argmax(scores))  # the first of equal scores, as the released code's strict ">"
+    points = candidates[j][0]
+    return SlabResult(points, labels, torch.from_numpy(copies[j]).to(dev), copies[j] / n, float(scores[j]), upper)

@@ -66,7 +66,7 @@ class SteinhardtConfig:
     rho: float | None = None  # radius ρ of the ball ‖(w, b)‖ ≤ ρ; null: √0.8 (slab) / 50 (online)
     iterations: int = 200  # slab: online-learning iterations
     random_splits: int = 10  # slab: random point-mass splits tried per iteration (besides the heuristic one)
-    retrain_steps: int = 100  # slab: steps of each lower-bound check's training
+    retrain_epochs: int = 10  # slab: epochs of trainRDA2 in each lower-bound check
     burn_in: int = 500  # online: iterations before the εn that produce poisons
 
 
@@ -109,7 +109,7 @@ class Steinhardt(Attack):
         for field in ("eta", "rho"):
             if not setting(cfg, field) > 0:
                 raise ConfigError(f"attack.{field}", f"must be > 0 or null (got {getattr(cfg, field)}).")
-        for field, low in (("burn_in", 0), ("iterations", 1), ("random_splits", 0), ("retrain_steps", 1)):
+        for field, low in (("burn_in", 0), ("iterations", 1), ("random_splits", 0), ("retrain_epochs", 1)):
             if getattr(cfg, field) < low:
                 raise ConfigError(f"attack.{field}", f"must be >= {low} (got {getattr(cfg, field)}).")
 
@@ -170,7 +170,7 @@ class Steinhardt(Attack):
             return {"points": xs.double(), "labels": ys, "counts": ones, "bounds": torch.tensor(bounds).double()}
         res = slab_attack.craft(
             x, y, count=count, feasible=self.feasible, eta=eta, rho=rho, iterations=cfg.iterations,
-            random_splits=cfg.random_splits, retrain_steps=cfg.retrain_steps,
+            random_splits=cfg.random_splits, retrain_epochs=cfg.retrain_epochs,
             generator=torch.Generator().manual_seed(seed),
         )  # fmt: skip
         bounds = torch.tensor([res.lower_bound, res.upper_bound], dtype=torch.float64)
