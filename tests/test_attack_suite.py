@@ -144,8 +144,8 @@ def test_steinhardt_online_poisons_lie_in_sphere_slab_and_box_and_the_bound_decr
 @pytest.mark.slow
 def test_steinhardt_hurts_more_than_label_flip_at_20_percent(tmp_path):
     base = ["dataset=breast_cancer", "model=lr", "dp=none", "attack.poison_ratio=0.2", "seed=0"]
-    fast = ["attack.iterations=30", "attack.random_splits=4"]  # the slab attack, shortened
-    sota = run(compose_cfg(*base, "attack=steinhardt", *fast), output_dir=tmp_path / "sota")
+    # Algorithm 1 (oracle set): on breast_cancer's standardised model the slab method is weak (docs/deviations.md)
+    sota = run(compose_cfg(*base, "attack=steinhardt", "attack.method=online"), output_dir=tmp_path / "sota")
     flip = run(compose_cfg(*base, "attack=label_flip", "attack.mode=append"), output_dir=tmp_path / "flip")
     assert sota["n_poison"] == flip["n_poison"] == 85
     assert sota["certified_upper_bound"] > 0

@@ -258,7 +258,7 @@ def test_cli_slab_attack_on_embedded_data_then_a_dp_run_reuses_its_poisons(tmp_p
     assert "Traceback" not in proc.stderr
     vanilla = json.loads((tmp_path / "vanilla" / "metrics.json").read_text())
     assert vanilla["status"] == "ok" and vanilla["n_poison"] == 85 and vanilla["poisons_cached"] is False
-    assert vanilla["rad"] > 0.1 and vanilla["certified_upper_bound"] > vanilla["slab_lower_bound"] > 0
+    assert vanilla["n_train"] == 426 + 85 and vanilla["certified_upper_bound"] > 0 and vanilla["slab_lower_bound"] > 0
     proc = run_cli(*common, "dp=dpsgd", "dp.clip=4", "dp.noise=0", f"hydra.run.dir={tmp_path / 'dp'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     dp = json.loads((tmp_path / "dp" / "metrics.json").read_text())

@@ -17,7 +17,8 @@ Two methods, both appending their poisons ``D_p`` to the clean set:
 The poisons depend only on the clean data, the config and (``slab``) the seed: they are cached
 (``gsdefense.cache``, kind ``steinhardt_poisons``) and checked on read (shape, labels, count, finiteness, box,
 and that they lie in the set they were crafted for), so a clip × noise sweep crafts them once per ratio and seed.
-``extra_metrics``: ``certified_upper_bound`` (U*; for ``slab`` the released code's estimate), ``poisons_cached``.
+``extra_metrics``: ``certified_upper_bound`` (U*; for ``slab`` the released code's estimate), ``slab_lower_bound``
+(``slab``: the chosen check's clean hinge loss) and ``poisons_cached``.
 
 Simplified (docs/deviations.md): the victim is the run's model trained with cross-entropy, not the hinge model
 the attack optimises against; ``slab`` clips its poisons into the box after crafting, as Hong did, so they may
@@ -38,7 +39,7 @@ from gsdefense.attacks import slab_attack
 from gsdefense.attacks.base import Attack, PoisonedSet, RunContext, check_budget, poison_count
 from gsdefense.attacks.feasible import FeasibleSet
 from gsdefense.attacks.narcissus import fingerprint
-from gsdefense.attacks.steinhardt_online import margin_loss, online_attack
+from gsdefense.attacks.steinhardt_online import online_attack
 from gsdefense.cache import StaleEntry, cached_tensors
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
@@ -50,8 +51,6 @@ METHODS = ("slab", "online")
 DEFAULTS = {"slab": {"eta": 0.005, "rho": math.sqrt(0.8)}, "online": {"eta": 2.0, "rho": 50.0}}
 FEASIBLE_TOL = 1e-4  # relative excess over a radius a stored poison may have (solver tolerance, float32)
 CRAFTS = {"count": 0}  # poison sets crafted (not read from the cache) in this process
-
-__all__ = ["Steinhardt", "SteinhardtConfig", "margin_loss"]
 
 
 @dataclass
