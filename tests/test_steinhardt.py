@@ -155,6 +155,20 @@ def test_slab_poisons_are_deterministic_per_seed(cancer, monkeypatch):
     np.testing.assert_allclose([sum(q) for q in tried[0][1:4]], eps)  # every split has mass ε
 
 
+def test_without_a_feasible_split_the_poisons_fall_back_to_the_clean_centroids(cancer, monkeypatch, tmp_path):
+    """As the released code (X_eps = mus): every copy sits on its class centroid, in proportion to the priors."""
+    monkeypatch.setattr(slab_inner, "solve", lambda **kw: (-np.inf, kw["centroids"][slab_inner.CLASS]))
+    attack = _slab(cancer, poison_ratio=0.1, iterations=6, random_splits=1, retrain_epochs=1)
+    ctx = RunContext(seed=0, device=torch.device("cpu"), cache_dir=tmp_path, model_name="lr")
+    out = attack.poison(cancer, generator=torch.Generator().manual_seed(0), context=ctx)
+    n = len(cancer.y_train)
+    x_p, y_p = out.x[n:].double(), out.y[n:]
+    assert len(y_p) == 43 and int((y_p == 1).sum()) == round(43 * float(cancer.y_train.double().mean()))
+    torch.testing.assert_close(x_p, attack.feasible.centroids[y_p], atol=1e-6, rtol=0)
+    attack.poison(cancer, generator=torch.Generator().manual_seed(0), context=ctx)
+    assert attack.cache_hit is True  # the fallback entry passes its own checks
+
+
 def test_with_poisons_is_the_centroid_of_the_poisoned_data(cancer):
     clean = FeasibleSet.fit(cancer.x_train, cancer.y_train, num_classes=2, percentile=65, box=cancer.box)
     pts, labels, counts = cancer.x_train[:3].double() * 0.5, torch.tensor([0, 1, 1]), torch.tensor([4, 0, 9])

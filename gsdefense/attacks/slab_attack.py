@@ -171,8 +171,8 @@ def _craft(x, y, *, count, feasible, eta, rho, iterations, random_splits, retrai
         points = torch.from_numpy(coords @ basis.T).to(dev)
         clean_loss, g_w, g_b = hinge(x, sign, w, b, ones)
         _, p_w, p_b = hinge(points, point_sign, w, b, torch.from_numpy(masses).to(dev))
-        if np.isfinite(value):
-            upper = min(upper, float(clean_loss) + value)
+        # no feasible split: no poison can be a support vector, so the poisons add no hinge loss to the bound
+        upper = min(upper, float(clean_loss) + (value if np.isfinite(value) else 0.0))
         if t in checks and count > 0 and np.isfinite(value):
             # whole copies: re-solve at the rounded masses, so that the stored points pass the defense those
             # copies build (at εn in the thousands this barely moves them)
@@ -184,10 +184,10 @@ def _craft(x, y, *, count, feasible, eta, rho, iterations, random_splits, retrai
         z_w, z_b = z_w - g_w.double() - p_w, z_b - g_b - p_b
         lam = max(lam, float(torch.sqrt(z_w.square().sum() + z_b.square())) / rho)
         w, b = z_w / lam, z_b / lam
-    if not candidates:  # count == 0
-        zeros = np.zeros(4, np.int64)
-        return SlabResult(torch.zeros(4, d, dtype=torch.float64, device=dev), labels, torch.from_numpy(zeros), zeros,
-                          0.0, upper)  # fmt: skip
+    if not candidates:  # count == 0, or no check was feasible: the clean centroids, as the released fallback
+        copies = allot(np.array([priors[0], 0.0, priors[1], 0.0]), count) if count else np.zeros(4, np.int64)
+        points = mu[torch.from_numpy(slab_inner.CLASS).to(dev)].double()
+        return SlabResult(points, labels, torch.from_numpy(copies).to(dev), copies / n, 0.0, upper)
     # the checks train against each candidate (all at once: they are independent); the best clean loss wins
     copies = np.stack([k for _, k in candidates])
     stacked = torch.stack([c for c, _ in candidates]).cpu().numpy()
