@@ -51,6 +51,7 @@ METHODS = ("slab", "online")
 DEFAULTS = {"slab": {"eta": 0.005, "rho": math.sqrt(0.8)}, "online": {"eta": 2.0, "rho": 50.0}}
 FEASIBLE_TOL = 1e-4  # relative excess over a radius a stored poison may have (solver tolerance, float32)
 CRAFTS = {"count": 0}  # poison sets crafted (not read from the cache) in this process
+VERSION = 1  # bump when the crafting code changes what an entry would hold
 
 
 @dataclass
@@ -152,6 +153,7 @@ class Steinhardt(Attack):
             "count": count,
             "seed": seed if self.cfg.method == "slab" else None,  # online is deterministic
             "device": context.device.type,
+            "version": VERSION,
         }
         entry, self.cache_hit = cached_tensors(context.cache_dir, "steinhardt_poisons", spec, compute, check=check)
         log.info("steinhardt poisons %s", "read from the cache" if self.cache_hit else "crafted and cached")
