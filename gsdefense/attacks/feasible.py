@@ -7,6 +7,7 @@ For class ``y`` with centroid ``μ_y`` (of the data the set is fitted on)::
 
 ``r_y`` and ``s_y`` are the ``percentile``-th percentiles of those distances over class ``y`` of the fitting
 data (Steinhardt et al. show the 70th; the original gradient-shaping code used the 65th). Inputs are flattened.
+``with_poisons`` gives the data-dependent set of eq. 7: centroids of the poisoned data, the clean radii.
 
 ``maximize_linear`` solves ``max ⟨c, x⟩`` over sphere ∩ slab ∩ box — the inner step of the online attack for
 any margin-based loss — to a bisection tolerance (the tests compare it with SciPy's SLSQP): Lagrangian duality
@@ -36,6 +37,7 @@ class FeasibleSet:
     slab_dirs: torch.Tensor | None  # (k, d): v_y = μ_y − μ_{−y}
     slab_radii: torch.Tensor | None  # (k,)
     box: tuple[float, float]
+    sizes: torch.Tensor | None = None  # (k,) points per class the set was fitted on
 
     @classmethod
     def fit(
@@ -58,7 +60,25 @@ class FeasibleSet:
             slab_dirs = centroids - centroids.flip(0)
             slab = ((flat - centroids[y]) * slab_dirs[y]).sum(1).abs()
             slab_radii = torch.stack([slab[y == c].quantile(q) for c in range(2)])
-        return cls(centroids, radii, slab_dirs, slab_radii, box)
+        return cls(centroids, radii, slab_dirs, slab_radii, box, counts)
+
+    def with_poisons(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor) -> FeasibleSet:
+        """The data-dependent set (eq. 7) once ``counts[i]`` copies of each ``(x_i, y_i)`` join the fitted data.
+
+        Centroids move to the poisoned data's; radii stay; slab half-widths stay the same *distance* along the
+        new direction ``m_y − m_{−y}`` (``s_y ‖m_y − m_{−y}‖ / ‖μ_y − μ_{−y}‖``, as ``upperBoundTrue.m``).
+        """
+        if self.sizes is None or self.slab_dirs is None:
+            raise ValueError("with_poisons needs a binary set fitted by FeasibleSet.fit")
+        flat = x.reshape(len(x), -1).to(self.centroids)
+        mass = torch.zeros_like(self.centroids).index_add_(0, y, flat * counts.to(flat)[:, None])
+        weight = self.sizes.to(flat) + torch.zeros(2, dtype=flat.dtype, device=flat.device).index_add_(
+            0, y, counts.to(flat)
+        )
+        centroids = (self.centroids * self.sizes.to(flat)[:, None] + mass) / weight[:, None]
+        dirs = centroids - centroids.flip(0)
+        slab_radii = self.slab_radii * dirs.norm(dim=1) / self.slab_dirs.norm(dim=1)
+        return FeasibleSet(centroids, self.radii, dirs, slab_radii, self.box, weight)
 
     def sphere_distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """‖x − μ_y‖₂ per sample."""

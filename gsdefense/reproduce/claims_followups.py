@@ -126,6 +126,7 @@ L2 = Claim(
 
 _S1_GRID = (
     *NO_DP,
+    "attack.method=online",  # Algorithm 1 against the oracle set S1 is about (the preset's default is slab)
     "attack.loss=logistic",
     "attack.percentile=70",
     "defense=sphere",
