@@ -75,8 +75,7 @@ class NormRecordingDPOptimizer(DPOptimizer):
 
     def clip_and_accumulate(self) -> None:
         samples = self.grad_samples
-        if len(samples[0]):
-            self.last_norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in samples], 1).norm(2, dim=1)
+        self.last_norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in samples], 1).norm(2, dim=1)
         super().clip_and_accumulate()
 
 
@@ -88,9 +87,8 @@ class AdaptiveDPOptimizer(NormRecordingDPOptimizer):
         self.tracker = NoiseTracker(base_noise=base_noise, clip=self.max_grad_norm)
 
     def clip_and_accumulate(self) -> None:
-        self.last_norms = None
         super().clip_and_accumulate()
-        if self.last_norms is not None:
+        if len(self.last_norms):
             self.tracker.record(self.last_norms)
 
     @property
