@@ -1,5 +1,8 @@
 """One run folder as one record: its config (``.hydra/config.yaml``), its metrics.json, and its status.
 
+The noise columns are the validated ones: ``dp.noise`` the multiplier and ``dp.noise_std`` the std σ·C, whichever
+of the two a config stated (a config's ``noise: null`` is the default 1.0).
+
 Each metrics.json is checked against the config beside it (``run_id``) and for its types; what fails a check
 gets its own status and a reason in ``error``, never another config's numbers:
 
