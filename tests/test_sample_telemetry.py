@@ -12,12 +12,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gsdefense.telemetry import GradientProbe, TelemetryConfig
+from gsdefense.identity import Identity
+from gsdefense.run import run
+from gsdefense.telemetry import GradientProbe, TelemetryConfig, original_exports
 from gsdefense.telemetry_batches import BatchTelemetry
 from gsdefense.training.dp import DPSGDConfig
 from gsdefense.training.fused import FusedMember, train_fused
 from gsdefense.training.loop import train
 from gsdefense.training.optim import SGDConfig
+from tests.conftest import TINY, compose_cfg
 from tests.test_telemetry import _naive
 
 PER_SAMPLE = ("sample_norm_ratio", "clipped_sample_norm_ratio", "poison_sample_cosine", "clean_sample_cosine")
@@ -183,3 +186,19 @@ def test_fused_members_report_what_their_separate_runs_report():
     assert fused[0].history[-1]["clipped_sample_norm_ratio"] != pytest.approx(
         fused[1].history[-1]["clipped_sample_norm_ratio"], rel=1e-3
     )  # each member's own clip
+
+
+def test_original_exports_have_a_header_unless_the_original_format_is_asked_for(tmp_path):
+    history = [{"shaped_mean_grad_norm_clean": 0.5, "shaped_mean_grad_norm_poison": 1.5,
+                "shaped_mean_grad_cosine": -0.25}, {"shaped_mean_grad_norm_poison": None}]  # fmt: skip
+    assert original_exports(history) == (
+        ["shaped_mean_grad_norm_clean,shaped_mean_grad_norm_poison", "0.5,1.5"],
+        ["shaped_mean_grad_cosine", "-0.25"],
+    )
+    assert original_exports(history, header=False) == (["0.5,1.5"], ["-0.25"])
+    assert original_exports(history[1:]) == ([], [])  # no epoch with poisons: no file
+    headed, original = compose_cfg(*TINY), compose_cfg(*TINY, "telemetry.original_format=true")
+    assert Identity.of(headed).run_id == Identity.of(original).run_id  # a file format, not another run
+    run(original, output_dir=tmp_path)
+    lines = (tmp_path / "mextracts_epoch.csv").read_text().splitlines()
+    assert len(lines) == 2 and all(len([float(v) for v in line.split(",")]) == 2 for line in lines)
