@@ -88,7 +88,7 @@ class FastDPOptimizer:
                 self.tracker.record(norms, weight)
         else:  # an empty Poisson batch is still a step: the update is pure noise
             sums, loss_sum = [torch.zeros_like(p) for p in self.params], torch.zeros((), device=x.device)
-            self.last_norms = norms = x.new_zeros(0)
+            self.last_norms = x.new_zeros(0)
         for p, s in zip(self.params, sums):
             if std > 0:
                 s = s.add_(torch.normal(mean=0.0, std=std, size=s.shape, device=s.device, generator=self.generator))
