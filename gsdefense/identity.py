@@ -94,12 +94,12 @@ def _groups_dict(typed: dict[str, Any]) -> dict[str, Any]:
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """Everything that determines a run's outputs, in canonical typed form."""
-    from gsdefense.plan import reference_config
     from gsdefense.telemetry import telemetry_config
+    from gsdefense.training.optim import reference_config
 
     typed = typed_groups(cfg)
     out = _groups_dict(typed)
-    reference = reference_config(cfg.get("reference"), scenario=typed["scenario"]).overrides()
+    reference = reference_config(cfg.get("reference"), scenario=typed["scenario"].name).overrides()
     if reference:  # rad's vanilla schedule, when it is not the run's own (which leaves every earlier id as it was)
         out["reference"] = reference
     telemetry = dataclasses.asdict(telemetry_config(cfg.telemetry))

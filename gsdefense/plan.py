@@ -19,47 +19,15 @@ from gsdefense.detectors import check_detector, defender_split, holds_out
 from gsdefense.errors import ConfigError
 from gsdefense.identity import DATA_LOCATION, as_dict, check_seed, typed_groups
 from gsdefense.models import build_model
-from gsdefense.registry import to_dataclass
 from gsdefense.scenario import RetrainConfig, ScratchConfig
 from gsdefense.telemetry import TelemetryConfig, telemetry_config
 from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.checkpoint import checkpoint_config
 from gsdefense.training.dp import DPSGDConfig
-from gsdefense.training.optim import AdamConfig, SGDConfig
+from gsdefense.training.optim import AdamConfig, ReferenceConfig, SGDConfig, reference_config
 
 # rad_definition: which RAD the figures plot (metrics.json holds all): rad, rad_best, rad_early_stop
 RAD_DEFINITIONS = ("final", "best", "early_stop")
-
-
-@dataclass
-class ReferenceConfig:
-    """``reference``: the vanilla schedule of ``rad``'s clean reference, where it differs from the run's.
-
-    Each key replaces the run's ``optimizer`` key of that name for the vanilla reference (no poison, no DP);
-    null keeps the run's own. ``epochs`` applies to the scratch scenario (retrain: the scenario's epochs).
-    """
-
-    lr: float | None = None
-    batch_size: int | None = None
-    epochs: int | None = None
-
-    def overrides(self) -> dict[str, Any]:
-        """The optimizer keys this reference changes (empty: the run's own schedule)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-
-def reference_config(node: Any, *, scenario: ScratchConfig | RetrainConfig) -> ReferenceConfig:
-    """The validated ``reference`` node (a config without one: the run's own schedule)."""
-    cfg = to_dataclass(node if node is not None else {}, ReferenceConfig, group="reference")
-    for key, value in cfg.overrides().items():
-        if not value > 0:
-            raise ConfigError(f"reference.{key}", f"must be > 0 or null (got {value}).", "null = the run's own.")
-    if cfg.epochs is not None and scenario.name != "scratch":
-        raise ConfigError(
-            "reference.epochs", f"applies to scenario=scratch (this is {scenario.name}).",
-            "leave it null; the retrain scenario's schedule is scenario.pretrain_epochs and retrain_epochs.",
-        )  # fmt: skip
-    return cfg
 
 
 @dataclass
@@ -167,7 +135,7 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
         detector=detector,
         defender=defender,
         loaded=loaded,
-        reference=reference_config(cfg.get("reference"), scenario=typed["scenario"]),
+        reference=reference_config(cfg.get("reference"), scenario=typed["scenario"].name),
     )
     model = plan.build_model()  # a model that does not fit the data fails now, not after a reference trains
     check_detector(detector, num_classes=data.num_classes, n_train=len(loaded.y_train), model=model)

@@ -2,8 +2,8 @@
 
 - ``rad``, ``rad_best`` (and ``acc_ref``, ``acc_ref_best``): against the clean **vanilla** reference (no poison,
   no DP) trained at the **vanilla schedule**, the run's optimizer settings with the ``reference`` node's keys
-  replaced (``plan.ReferenceConfig``; null: the run's own). A DP run's learning rate is often not one a vanilla
-  model trains well at: Hong et al.'s Purchase-100 LR trains at lr 0.08 under DP and 0.04 vanilla, and a
+  replaced (``training.optim.ReferenceConfig``; null: the run's own). A DP run's learning rate is often not one
+  a vanilla model trains well at: Hong et al.'s Purchase-100 LR trains at lr 0.08 under DP and 0.04 vanilla, and a
   reference trained at a DP lr of 0.5 sits at chance (RAD −6.6).
 - ``rad_early_stop = max(0, rad_best)``: Hong's ``do_ipoisoning.py`` stops training once the best test accuracy
   reaches the vanilla baseline, so its RAD is never below 0.
