@@ -39,7 +39,7 @@ from gsdefense.attacks.base import PoisonedSet  # noqa: E402
 from gsdefense.cache import cache_key, noise_seed  # noqa: E402
 from gsdefense.phases import TrialRunner, pretrained  # noqa: E402
 from gsdefense.plan import prepare  # noqa: E402
-from gsdefense.run import reference_accuracy  # noqa: E402
+from gsdefense.references import reference_accuracy  # noqa: E402
 from gsdefense.scenario import retrain_optimizer  # noqa: E402
 from gsdefense.training.loop import train  # noqa: E402
 

@@ -166,9 +166,9 @@ def install(phases: Phases) -> list[str]:
 
 def driver(result_path: Path, launch_args: list[str], profile: Path | None) -> int:
     """Run ``launch.py ARGS`` in this process under the phase timers; write the phases to ``result_path``."""
+    sys.path[0] = str(ROOT)  # as `python launch.py` would have it: this tree's gsdefense, not an installed one
     phases = Phases()
     missing = install(phases)
-    sys.path[0] = str(ROOT)  # as `python launch.py` would have it
     sys.argv = [str(ROOT / "launch.py"), *launch_args]
     code = 0
     import runpy

@@ -1,5 +1,5 @@
-"""Fused sweeps: the jobs of a multirun that differ only in ``dp.clip``, ``dp.noise``, ``dp.delta`` or
-``optimizer.lr`` train together in one process (``hydra/launcher=fused``).
+"""Fused sweeps: the jobs of a multirun that differ only in ``dp.clip``, ``dp.noise`` (or ``dp.noise_std``),
+``dp.delta`` or ``optimizer.lr`` train together in one process (``hydra/launcher=fused``).
 
 ``group_jobs`` sorts a sweep's configs into groups; ``run_group`` runs one group:
 each member is validated, poisoned and evaluated exactly as ``run`` would do it,
@@ -26,24 +26,14 @@ from gsdefense.identity import Identity
 from gsdefense.outputs import claim
 from gsdefense.plan import Plan, prepare
 from gsdefense.posttrain import detect
-from gsdefense.run import (
-    checkpointer_for,
-    complete,
-    finish,
-    poison,
-    record_failure,
-    reference_accuracy,
-    reference_entry,
-    reference_evaluate,
-    reference_spec,
-    run,
-)  # fmt: skip
+from gsdefense.references import reference_entry, reference_evaluate, reference_runs, reference_spec, references
+from gsdefense.run import checkpointer_for, complete, finish, poison, record_failure, run
 from gsdefense.training.fused import FusedMember, train_fused
 from gsdefense.training.per_sample import bk_unsupported
 
 log = logging.getLogger(__name__)
 
-FUSABLE = ("dp.clip", "dp.noise", "dp.delta", "optimizer.lr")
+FUSABLE = ("dp.clip", "dp.noise", "dp.noise_std", "dp.delta", "optimizer.lr")
 OPACUS_ENGINES = ("hooks", "functorch")
 
 
@@ -169,8 +159,7 @@ def _train_group(jobs: list[_Job], start: float) -> list[dict]:
     out = []
     for job, p, result, member in zip(jobs, poisoned, results, members):
         plan = job.plan
-        ref = reference_accuracy(plan, dp=None)
-        ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else ref
+        ref, ref_dp = references(plan)
         m = finish(plan, p, result, job.output_dir, ref=ref, ref_dp=ref_dp, save_model=job.cfg.save_model)
         m |= detect(plan, p.evaluate, result, job.output_dir, acc_ref=ref.clean_acc, seed=member.noise_seed)
         m["fused_group_size"] = len(jobs)
@@ -180,15 +169,19 @@ def _train_group(jobs: list[_Job], start: float) -> list[dict]:
 
 
 def train_references(plans: list[Plan]) -> None:
-    """Train the group's missing clean references fused (vanilla and DP apart) and put them in the cache."""
+    """Train the group's missing clean references fused and put them in the cache: vanilla and DP apart, and
+    apart by schedule (a vanilla reference's ``reference.*`` schedule may differ from the runs')."""
     needed: dict[str, tuple[Plan, object, dict]] = {}
     for plan in plans:
-        for dp in (None, plan.dp) if plan.dp else (None,):
-            spec = reference_spec(plan, dp=dp)
-            if not json_path(plan.cache_dir, "reference", spec).exists():
-                needed.setdefault(cache_key("reference", spec), (plan, dp, spec))
-    for private in (False, True):
-        todo = [(k, v) for k, v in needed.items() if (v[1] is not None) == private]
+        for ref_plan, dp in reference_runs(plan):
+            spec = reference_spec(ref_plan, dp=dp)
+            if not json_path(ref_plan.cache_dir, "reference", spec).exists():
+                needed.setdefault(cache_key("reference", spec), (ref_plan, dp, spec))
+    batches: dict[tuple, list] = {}
+    for key, (plan, dp, spec) in needed.items():  # members share everything but the learning rate and DP
+        shared = {k: v for k, v in spec["optimizer"].items() if k != "lr"}
+        batches.setdefault((dp is not None, cache_key("schedule", shared)), []).append((key, (plan, dp, spec)))
+    for todo in batches.values():
         if len(todo) < 2:
             continue  # reference_accuracy trains a lone one as a separate run would
         members = [FusedMember(model=plan.build_model(), optimizer=plan.optimizer, dp=dp, noise_seed=noise_seed(key),

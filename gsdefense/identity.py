@@ -20,6 +20,7 @@ from gsdefense.errors import ConfigError
 GROUPS = ("dataset", "model", "attack", "defense", "optimizer", "dp", "scenario", "detector")
 SETTINGS = (
     "telemetry", "seed", "device", "threads", "cache_dir", "save_model", "resume", "checkpoint", "rad_definition",
+    "reference",
 )  # fmt: skip
 TOP_LEVEL_KEYS = frozenset(GROUPS) | frozenset(SETTINGS)
 # Where data lives, not what it is: a run does not change when its files move (and an analysis machine whose
@@ -28,6 +29,11 @@ DATA_LOCATION = ("data_dir", "download", "path")
 MAX_SEED = 2**32 - 1
 # dp keys that change how an identical update is computed: never part of an id or a seed
 EXECUTION = ("fixed_shape",)
+# telemetry keys that only format files (mextracts' header row): never part of an id
+TELEMETRY_FORMAT = ("original_format",)
+# dp keys folded into others by validation (noise_std into noise): never part of an id, so that
+# dp.noise=0.25 dp.clip=4 and dp.noise_std=1 dp.clip=4 are one run
+FOLDED = ("noise_std",)
 
 
 def check_seed(value: Any, *, field: str) -> int:
@@ -73,9 +79,10 @@ def as_dict(typed: Any) -> dict[str, Any] | None:
 
 
 def dp_spec(dp: Any) -> dict[str, Any] | None:
-    """A dp config as ids, cache keys and seeds see it: without ``EXECUTION`` keys (how, not what, is computed)."""
+    """A dp config as ids, cache keys and seeds see it: without ``EXECUTION`` keys (how, not what, is computed)
+    and ``FOLDED`` ones (validation turned ``noise_std`` into the multiplier ``noise``)."""
     out = as_dict(dp)
-    return None if out is None else {k: v for k, v in out.items() if k not in EXECUTION}
+    return None if out is None else {k: v for k, v in out.items() if k not in EXECUTION + FOLDED}
 
 
 def _groups_dict(typed: dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +95,15 @@ def _groups_dict(typed: dict[str, Any]) -> dict[str, Any]:
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """Everything that determines a run's outputs, in canonical typed form."""
     from gsdefense.telemetry import telemetry_config
+    from gsdefense.training.optim import reference_config
 
-    out = _groups_dict(typed_groups(cfg))
-    out["telemetry"] = dataclasses.asdict(telemetry_config(cfg.telemetry))
+    typed = typed_groups(cfg)
+    out = _groups_dict(typed)
+    reference = reference_config(cfg.get("reference"), scenario=typed["scenario"].name).overrides()
+    if reference:  # rad's vanilla schedule, when it is not the run's own (which leaves every earlier id as it was)
+        out["reference"] = reference
+    telemetry = dataclasses.asdict(telemetry_config(cfg.telemetry))
+    out["telemetry"] = {k: v for k, v in telemetry.items() if k not in TELEMETRY_FORMAT}
     out["seed"] = check_seed(cfg.seed, field="seed")
     out["device"] = str(cfg.device)
     return out

@@ -24,7 +24,10 @@ from gsdefense.telemetry import TelemetryConfig, telemetry_config
 from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.checkpoint import checkpoint_config
 from gsdefense.training.dp import DPSGDConfig
-from gsdefense.training.optim import AdamConfig, SGDConfig
+from gsdefense.training.optim import AdamConfig, ReferenceConfig, SGDConfig, reference_config
+
+# rad_definition: which RAD the figures plot (metrics.json holds all): rad, rad_best, rad_early_stop
+RAD_DEFINITIONS = ("final", "best", "early_stop")
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Plan:
     detector: Any = None  # the detector group's config (gsdefense.detectors)
     defender: tuple[torch.Tensor, torch.Tensor] | None = None  # the detector's held-out clean data (x, y)
     loaded: DataBundle | None = None  # the dataset as loaded, before the defender's share was held out
+    reference: ReferenceConfig = dataclasses.field(default_factory=ReferenceConfig)  # rad's vanilla schedule
 
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model; the same seed gives the run and its references the same init."""
@@ -79,8 +83,8 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
     threads = cfg.threads
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError("threads", f"must be a positive integer or null (got {threads!r}).", "use threads=1.")
-    if cfg.get("rad_definition", "final") not in ("final", "best"):
-        raise ConfigError("rad_definition", f"unknown value {cfg.rad_definition!r}.", "use final or best.")
+    if cfg.get("rad_definition", "final") not in RAD_DEFINITIONS:
+        raise ConfigError("rad_definition", f"unknown value {cfg.rad_definition!r}.", f"use one of {RAD_DEFINITIONS}.")
     telemetry = telemetry_config(cfg.telemetry)
     checkpoint_config(cfg.checkpoint)
     cache_dir = check_dir(str(cfg.cache_dir), field="cache_dir")
@@ -131,6 +135,7 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
         detector=detector,
         defender=defender,
         loaded=loaded,
+        reference=reference_config(cfg.get("reference"), scenario=typed["scenario"].name),
     )
     model = plan.build_model()  # a model that does not fit the data fails now, not after a reference trains
     check_detector(detector, num_classes=data.num_classes, n_train=len(loaded.y_train), model=model)

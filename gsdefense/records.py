@@ -1,5 +1,8 @@
 """One run folder as one record: its config (``.hydra/config.yaml``), its metrics.json, and its status.
 
+The noise columns are the validated ones: ``dp.noise`` the multiplier and ``dp.noise_std`` the std σ·C, whichever
+of the two a config stated (a config's ``noise: null`` is the default 1.0).
+
 Each metrics.json is checked against the config beside it (``run_id``) and for its types; what fails a check
 gets its own status and a reason in ``error``, never another config's numbers:
 
@@ -38,7 +41,8 @@ NUMERIC_METRICS = frozenset(
     {
         *("clean_acc", "best_clean_acc", "target_class_acc", "asr", "robust_acc", "rad", "acc_ref"),
         *("rad_dp_matched", "acc_ref_dp_matched", "train_loss", "clean_train_loss", "poison_train_loss", "test_loss"),
-        *("epsilon", "delta", "n_train", "n_poison", "poison_ratio", "n_removed", "n_poison_removed"),
+        *("epsilon", "delta", "noise_multiplier", "noise_std", "n_train", "n_poison", "poison_fraction_of_train"),
+        *("n_removed", "n_poison_removed", "rad_best", "rad_early_stop", "rad_dp_matched_best", "acc_ref_best"),
         *("certified_upper_bound", "n_targets", "mean_poisons_needed", "seconds_per_target", "seconds"),
         *("diverged_epoch", "fused_group_size"),
     }
@@ -177,9 +181,19 @@ def read_metrics(run_dir: PathLike) -> dict[str, Any]:
 
 def config_run_id(cfg: DictConfig) -> str:
     """The id ``gsdefense.run`` gives this config (imported here: it pulls in torch)."""
-    from gsdefense.run import run_id
+    return _identify(cfg)[0]
 
-    return run_id(cfg)
+
+def _identify(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """(run_id, the noise columns): ``dp.noise`` as the effective multiplier σ and ``dp.noise_std`` = σ·C, whichever
+    of the two the config stated (validation folds ``noise_std`` into ``noise``), so runs of either spelling, and
+    runs whose YAML leaves ``noise`` null (the default 1.0), share columns."""
+    from gsdefense.identity import Identity
+
+    who = Identity.of(cfg)
+    dp = who.config["dp"]
+    noise = {} if dp.get("noise") is None else {"dp.noise": dp["noise"], "dp.noise_std": dp["noise"] * dp["clip"]}
+    return who.run_id, noise
 
 
 def _stamp(run_dir: Path) -> tuple:
@@ -222,12 +236,13 @@ def _read_run(run_dir: Path, stamp: tuple) -> dict[str, Any]:  # stamp: only a c
     if status in ("missing", "invalid") or (status == "failed" and recorded is None):
         return {**record, **metrics, **where}
     try:
-        ident = config_run_id(cfg)
+        ident, noise = _identify(cfg)
     except Exception as err:  # noqa: BLE001 - a config run_id cannot hash is reported, never raised
         if status == "failed":  # an invalid config that failed, as it should: its own record says why
             return {**record, **metrics, **where}
         problem = f"cannot compute this config's run_id: {_one_line(err)}"
         return {**record, "status": "invalid", "error": problem, **where}
+    record |= noise
     if recorded is None:
         return {**record, "run_id": ident, "status": "invalid", "error": "metrics.json has no run_id", **where}
     if recorded != ident:

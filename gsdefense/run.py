@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -22,70 +21,21 @@ import torch
 from omegaconf import DictConfig
 
 from gsdefense import metrics as M
-from gsdefense.cache import cache_key, cached_json, noise_seed
 from gsdefense.errors import ConfigError
-from gsdefense.identity import Identity, dp_spec, run_id
+from gsdefense.identity import Identity, run_id
 from gsdefense.io import atomic_write, write_csv, write_json
 from gsdefense.outputs import claim, claim_for_failure
 from gsdefense.phases import TrialRunner, fit, pretrained
 from gsdefense.plan import Plan, prepare
 from gsdefense.posttrain import detect
+from gsdefense.references import Reference, best, rad_metrics, reference_accuracy, references, vanilla_schedule
 from gsdefense.scenario import privacy_report
 from gsdefense.telemetry import GradientProbe, original_exports
 from gsdefense.training.checkpoint import Checkpointer, checkpoint_config
+from gsdefense.training.dp import dp_metrics
 from gsdefense.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
-
-
-def reference_spec(plan: Plan, *, dp) -> dict:
-    """What determines a clean reference model (its cache key): the same setup, scenario included, unpoisoned."""
-    return dict(plan.spec, dp=dp_spec(dp), scenario=dataclasses.asdict(plan.scenario))
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Clean test accuracy of a reference model: at its final epoch, and at its best epoch (Hong's code)."""
-
-    clean_acc: float | None
-    best_clean_acc: float | None
-
-
-def reference_evaluate(plan: Plan) -> Callable[[torch.nn.Module], dict]:
-    """Per-epoch clean accuracy of a reference model (for its best epoch)."""
-    return lambda model: {"clean_acc": M.accuracy(M.predict(model, plan.data.x_test), plan.data.y_test)}
-
-
-def best(history: list[dict], key: str = "clean_acc") -> float | None:
-    return max((r[key] for r in history if r.get(key) is not None), default=None)
-
-
-def reference_entry(plan: Plan, result: TrainResult) -> dict:
-    if result.status != "ok":
-        return {"clean_acc": None, "best_clean_acc": None, "status": result.status}
-    final = M.accuracy(M.predict(result.model, plan.data.x_test), plan.data.y_test)
-    return {"clean_acc": final, "best_clean_acc": best(result.history), "status": "ok"}
-
-
-def _check_reference(entry: dict) -> None:
-    if not {"clean_acc", "best_clean_acc", "status"} <= set(entry):
-        raise ValueError("it lacks clean_acc, best_clean_acc or status")
-
-
-def reference_accuracy(plan: Plan, *, dp) -> Reference:
-    """Clean test accuracy of the same setup (scenario included) trained without poison; cached."""
-    spec = reference_spec(plan, dp=dp)
-    label = "reference" + ("-dp" if dp else "")
-
-    def compute() -> dict:
-        seed = noise_seed(cache_key("reference", spec))
-        return reference_entry(plan, fit(plan, plan.data.x_train, plan.data.y_train, dp=dp, desc=label,
-                                         noise_seed=seed, evaluate=reference_evaluate(plan)))  # fmt: skip
-
-    entry, hit = cached_json(plan.cache_dir, "reference", spec, compute, check=_check_reference)
-    acc = entry["clean_acc"]
-    log.info("%s clean_acc %s (%s)", label, f"{acc:.4f}" if acc is not None else None, "cached" if hit else "trained")
-    return Reference(entry["clean_acc"], entry["best_clean_acc"])
 
 
 def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
@@ -112,8 +62,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path) -> dict[str, Any]:
         poisoned = poison(plan)
         result = fit(plan, poisoned.x, poisoned.y, dp=plan.dp, desc="train", evaluate=poisoned.evaluate,
                      probe=poisoned.probe(plan), checkpointer=checkpointer, noise_seed=who.noise_seed)  # fmt: skip
-        ref = reference_accuracy(plan, dp=None)
-        ref_dp = reference_accuracy(plan, dp=plan.dp) if plan.dp else ref
+        ref, ref_dp = references(plan)
         metrics = finish(plan, poisoned, result, output_dir, ref=ref, ref_dp=ref_dp, save_model=cfg.save_model)
         metrics |= detect(plan, poisoned.evaluate, result, output_dir, acc_ref=ref.clean_acc, seed=who.noise_seed)
     return complete(metrics, ident=ident, start=start, plan=plan, output_dir=output_dir, checkpointer=checkpointer)
@@ -187,10 +136,12 @@ def poison(plan: Plan) -> Poisoned:
 
 def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path, *, ref: Reference,
            ref_dp: Reference, save_model: bool) -> dict:  # fmt: skip
-    """Evaluate a trained run against its references; write model.pt, history.csv and telemetry exports.
+    """Evaluate a trained run against its references (``gsdefense.references``: ``ref`` the vanilla one at the
+    vanilla schedule, ``ref_dp`` the DP-matched one); write model.pt, history.csv and telemetry exports.
 
-    ``rad`` compares final epochs; ``rad_best`` compares the run's best epoch with its reference's best epoch,
-    as Hong et al.'s ``do_ipoisoning.py`` reports it.
+    ``rad`` compares final epochs; ``rad_best`` the run's best epoch with its reference's best epoch, as Hong et
+    al.'s ``do_ipoisoning.py`` reports it; ``rad_early_stop`` is ``rad_best`` floored at 0, as that script stops
+    once the baseline is reached.
     """
     ok = result.status == "ok"
     final = result.history[-1] if ok else {}
@@ -207,7 +158,7 @@ def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path
         atomic_write(output_dir / "model.pt", lambda fh: torch.save(model.state_dict(), fh), mode="wb")
     write_csv(output_dir / "history.csv", result.history)
     if plan.telemetry.enabled:
-        write_original_exports(output_dir, result)
+        write_original_exports(output_dir, result, original_format=plan.telemetry.original_format)
     return {
         "status": result.status,
         "error": None if ok else f"loss became non-finite at epoch {result.diverged_epoch}",
@@ -217,20 +168,15 @@ def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path
         "target_class_acc": final.get("target_class_acc"),
         "asr": final.get("asr"),
         "robust_acc": final.get("robust_acc"),
-        "rad": M.rad(ref.clean_acc, final.get("clean_acc")),
-        "rad_best": M.rad(ref.best_clean_acc, best(result.history) if ok else None),
-        "rad_dp_matched": M.rad(ref_dp.clean_acc, final.get("clean_acc")),
-        "rad_dp_matched_best": M.rad(ref_dp.best_clean_acc, best(result.history) if ok else None),
-        "acc_ref": ref.clean_acc,
-        "acc_ref_best": ref.best_clean_acc,
-        "acc_ref_dp_matched": ref_dp.clean_acc,
-        "acc_ref_dp_matched_best": ref_dp.best_clean_acc,
+        **rad_metrics(ref, ref_dp, acc=final.get("clean_acc"), best_acc=best(result.history) if ok else None),
         **losses,
         **privacy_report(dp=plan.dp, scenario=plan.scenario, epsilon_private=result.epsilon),
-        "delta": plan.dp.delta if plan.dp else None,
+        **dp_metrics(plan.dp),
         "n_train": len(poisoned.y),
         "n_poison": poisoned.n_poison,
-        "poison_ratio": poisoned.n_poison / len(poisoned.y),
+        # the poisons' share of the final training set (attack.poison_ratio, in append mode, is a fraction of
+        # the clean set: 0.1 there is 0.0909 here)
+        "poison_fraction_of_train": poisoned.n_poison / len(poisoned.y),
         **poisoned.defense_info,
         **plan.attack.extra_metrics(),
     }
@@ -241,8 +187,9 @@ def _run_targeted(plan: Plan, output_dir: Path, *, noise_seed: int) -> dict:
     scenario = plan.scenario
     dp = plan.dp
     pre = pretrained(plan, dp=dp if scenario.pretrain_private else None)
+    acc_ref = reference_accuracy(vanilla_schedule(plan), dp=None).clean_acc  # the vanilla reference, as rad's
     trials = TrialRunner(plan=plan, pre=pre, dp=dp if scenario.retrain_private else None,
-                         acc_ref=reference_accuracy(plan, dp=None).clean_acc, noise_seed=noise_seed)  # fmt: skip
+                         acc_ref=acc_ref, noise_seed=noise_seed)  # fmt: skip
     extra = plan.attack.evaluate(data=plan.data, context=plan.context, trials=trials, output_dir=output_dir)
     # ε of the private phases: every trial composes its steps after pretraining's, and the worst one bounds all;
     # without any trial (no poison kept) only pretraining trained
@@ -250,13 +197,13 @@ def _run_targeted(plan: Plan, output_dir: Path, *, noise_seed: int) -> dict:
     if epsilon is None and scenario.pretrain_private:
         epsilon = pre.epsilon
     return {"status": "ok", "error": None, **extra, **trials.defense_metrics(),
-            **privacy_report(dp=dp, scenario=scenario, epsilon_private=epsilon),
-            "delta": dp.delta if dp else None}  # fmt: skip
+            **privacy_report(dp=dp, scenario=scenario, epsilon_private=epsilon), **dp_metrics(dp)}  # fmt: skip
 
 
-def write_original_exports(output_dir: Path, result: TrainResult) -> None:
-    """Telemetry in the original tool's formats, beside history.csv (and per-step rows if asked)."""
-    mextracts, aextracts = original_exports(result.history)
+def write_original_exports(output_dir: Path, result: TrainResult, *, original_format: bool = False) -> None:
+    """Telemetry in the original tool's formats, beside history.csv (and per-step rows if asked); with a header
+    row unless ``original_format`` (``telemetry.original_format``: headerless, as the original's files)."""
+    mextracts, aextracts = original_exports(result.history, header=not original_format)
     if mextracts:
         atomic_write(output_dir / "mextracts_epoch.csv", lambda fh: fh.write("".join(f"{r}\n" for r in mextracts)))
         atomic_write(output_dir / "aextracts_epoch.csv", lambda fh: fh.write("".join(f"{r}\n" for r in aextracts)))

@@ -10,15 +10,21 @@ small model's epoch). ``mode: probe`` (default, within timing noise) measures a
 fixed probe of up to ``probe_size`` clean and ``probe_size`` poison training
 samples at the end of each epoch; its per-sample gradients ``g_i`` give
 
-    ḡ_S = mean_{i∈S} g_i                      grad_norm_S = ‖ḡ_S‖
-    grad_ratio = ‖ḡ_P‖ / ‖ḡ_C‖                 grad_cosine = cos(ḡ_C, ḡ_P)
-    sample_norm_ratio = mean_P ‖g_i‖ / mean_C ‖g_i‖
-    shaped ḡ_S = (Σ_{i∈S} g_i·min(1, C/‖g_i‖) + N(0, σ²C² I)) / |S|
+    ḡ_S = mean_{i∈S} g_i                      mean_grad_norm_S = ‖ḡ_S‖
+    mean_grad_ratio = ‖ḡ_P‖ / ‖ḡ_C‖            mean_grad_cosine = cos(ḡ_C, ḡ_P)
+    shaped ḡ_S = (Σ_{i∈S} g_i·min(1, C/‖g_i‖) + N(0, σ²C² I)) / |S|     → shaped_mean_grad_*
 
-as the original analysis did.
+as the original analysis did (its subset means, renamed for what they are: they sum the subset's gradients,
+so near convergence the ratio tends to n_C / n_P and the cosine to −1, see ``telemetry_batches``), and the
+per-sample columns, which carry the poisons' own signal:
+
+    sample_norm_ratio         = mean_P ‖g_i‖ / mean_C ‖g_i‖
+    clipped_sample_norm_ratio = mean_P min(‖g_i‖, C) / mean_C min(‖g_i‖, C)     (DP runs only)
+    poison_sample_cosine      = mean_{i∈P} cos(g_i, ḡ_C)    clean_sample_cosine = mean_{i∈C} cos(g_i, ḡ_C)
 
 ``scope: last_layer`` (default) analyses the kernel of the final Linear layer,
-as the original did, with clipping on that layer's per-sample norm. Its
+as the original did; the probe then clips on that layer's per-sample norm (batches mode on
+the whole-model norm the DP update used, as the original's analysis clipped). Its
 per-sample gradients are exact and need no backward pass: for a final layer
 ``z = W a + b`` under cross-entropy, ``∂ℓ_i/∂W = (softmax(z_i) − e_{y_i}) a_iᵀ``.
 ``scope: all`` takes every parameter via ``torch.func`` (vmap of grad) and
@@ -50,6 +56,7 @@ class TelemetryConfig:
     every_n_epochs: int = 1  # measure at the end of every N-th epoch (and the last)
     every_n_steps: int | None = None  # extra rows in telemetry.csv
     seed: int = 0
+    original_format: bool = False  # mextracts/aextracts_epoch.csv headerless, as the original's (else a header row)
 
 
 def telemetry_config(node) -> TelemetryConfig:
@@ -132,9 +139,13 @@ class GradientProbe:
                 model(x[idx])
                 model.train(was)
 
-    def end_step(self, idx: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+    def end_step(
+        self, idx: torch.Tensor, weight: torch.Tensor | None = None, *, norms: torch.Tensor | None = None
+    ) -> None:
+        """After the step on ``idx``: book it (batches mode); ``norms``: the per-sample norms the DP update
+        clipped with (``optimizer.last_norms``), on the device."""
         if self.batches is not None:
-            self.batches.record_captured(idx, weight)
+            self.batches.record_captured(idx, weight, norms)
 
     def begin_epoch(self) -> None:
         if self.batches is not None:
@@ -200,47 +211,63 @@ class GradientProbe:
         correct = logits.argmax(1) == self.y[idx]
         g_c, n_c = g_all[:m], n_all[:m]
         mean_c, shaped_c = g_c.mean(0), self._shaped_mean(g_c, n_c)
-        out["grad_norm_clean"] = float(mean_c.norm())
+        cosines = F.cosine_similarity(g_all, mean_c[None], dim=1)  # cos(g_i, ḡ_C), every probe sample
+        out["mean_grad_norm_clean"] = float(mean_c.norm())
+        out["clean_sample_cosine"] = float(cosines[:m].mean())
         out["clean_train_acc"] = float(correct[:m].float().mean())
+        out["shaped_mean_grad_norm_clean"] = float(shaped_c.norm())
         if len(self.poison_idx):
             g_p, n_p = g_all[m:], n_all[m:]
             mean_p, shaped_p = g_p.mean(0), self._shaped_mean(g_p, n_p)
-            out["grad_norm_poison"] = float(mean_p.norm())
-            out["grad_ratio"] = out["grad_norm_poison"] / max(out["grad_norm_clean"], 1e-12)
-            out["grad_cosine"] = float(F.cosine_similarity(mean_c, mean_p, dim=0))
+            out["mean_grad_norm_poison"] = float(mean_p.norm())
+            out["mean_grad_ratio"] = out["mean_grad_norm_poison"] / max(out["mean_grad_norm_clean"], 1e-12)
+            out["mean_grad_cosine"] = float(F.cosine_similarity(mean_c, mean_p, dim=0))
             out["sample_norm_ratio"] = float(g_p.norm(dim=1).mean() / g_c.norm(dim=1).mean().clamp_min(1e-12))
-            out["shaped_grad_norm_clean"] = float(shaped_c.norm())
-            out["shaped_grad_norm_poison"] = float(shaped_p.norm())
-            out["shaped_grad_ratio"] = float(shaped_p.norm() / shaped_c.norm().clamp_min(1e-12))
-            out["shaped_grad_cosine"] = float(F.cosine_similarity(shaped_c, shaped_p, dim=0))
+            if self.clip is not None:
+                low = n_all.clamp(max=self.clip)
+                out["clipped_sample_norm_ratio"] = float(low[m:].mean() / low[:m].mean().clamp_min(1e-12))
+            out["poison_sample_cosine"] = float(cosines[m:].mean())
+            out["shaped_mean_grad_norm_poison"] = float(shaped_p.norm())
+            out["shaped_mean_grad_ratio"] = float(shaped_p.norm() / shaped_c.norm().clamp_min(1e-12))
+            out["shaped_mean_grad_cosine"] = float(F.cosine_similarity(shaped_c, shaped_p, dim=0))
             out["poison_train_acc"] = float(correct[m:].float().mean())
-        else:
-            out["shaped_grad_norm_clean"] = float(shaped_c.norm())
         model.train(was_training)
         return out
 
 
 COLUMNS = (
-    "grad_norm_clean",
-    "grad_norm_poison",
-    "grad_ratio",
-    "grad_cosine",
+    # the original analysis' subset means (their ratio and cosine tend to n_C/n_P and −1: see telemetry_batches)
+    "mean_grad_norm_clean",
+    "mean_grad_norm_poison",
+    "mean_grad_ratio",
+    "mean_grad_cosine",
+    # per-sample: the poisons' own gradients against the clean ones
     "sample_norm_ratio",
-    "shaped_grad_norm_clean",
-    "shaped_grad_norm_poison",
-    "shaped_grad_ratio",
-    "shaped_grad_cosine",
+    "clipped_sample_norm_ratio",
+    "poison_sample_cosine",
+    "clean_sample_cosine",
+    # the subset means as DP shapes them (clipped, noised)
+    "shaped_mean_grad_norm_clean",
+    "shaped_mean_grad_norm_poison",
+    "shaped_mean_grad_ratio",
+    "shaped_mean_grad_cosine",
     "clean_train_acc",
     "poison_train_acc",
 )
+MEXTRACTS_HEADER = "shaped_mean_grad_norm_clean,shaped_mean_grad_norm_poison"
+AEXTRACTS_HEADER = "shaped_mean_grad_cosine"
 
 
-def original_exports(history: list[dict]) -> tuple[list[str], list[str]]:
-    """Lines of the original tool's ``mextracts_epoch.csv`` and ``aextracts_epoch.csv``.
-
-    Like the original, DP runs export the shaped (clipped + noised) means.
+def original_exports(history: list[dict], *, header: bool = True) -> tuple[list[str], list[str]]:
+    """Lines of the original tool's ``mextracts_epoch.csv`` and ``aextracts_epoch.csv``, one per epoch with
+    poisons, after a header row naming the history.csv columns they repeat (``header=False``: headerless, as the
+    original's files). Like the original, DP runs export the shaped (clipped + noised) means.
     """
-    rows = [r for r in history if r.get("shaped_grad_norm_poison") is not None]
-    mextracts = [f"{r['shaped_grad_norm_clean']!r},{r['shaped_grad_norm_poison']!r}" for r in rows]
-    aextracts = [repr(r["shaped_grad_cosine"]) for r in rows]
+    rows = [r for r in history if r.get("shaped_mean_grad_norm_poison") is not None]
+    if not rows:
+        return [], []
+    mextracts = [f"{r['shaped_mean_grad_norm_clean']!r},{r['shaped_mean_grad_norm_poison']!r}" for r in rows]
+    aextracts = [repr(r["shaped_mean_grad_cosine"]) for r in rows]
+    if header:
+        mextracts, aextracts = [MEXTRACTS_HEADER, *mextracts], [AEXTRACTS_HEADER, *aextracts]
     return mextracts, aextracts

@@ -39,7 +39,9 @@ from gsdefense.models import build_model  # noqa: E402
 from tests.test_figures import overlapping_texts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METRIC_KEYS = {"clean_acc", "asr", "rad", "rad_dp_matched", "epsilon", "n_poison", "poison_ratio", "seconds"}
+METRIC_KEYS = {
+    "clean_acc", "asr", "rad", "rad_dp_matched", "epsilon", "n_poison", "poison_fraction_of_train", "seconds",
+}  # fmt: skip
 
 
 def _launch(*args: str, cache: Path) -> subprocess.CompletedProcess:

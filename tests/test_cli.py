@@ -79,5 +79,5 @@ def test_a_run_ends_with_one_summary_line_and_a_quiet_epoch_log(tmp_path):
     assert lines[-1].endswith(f"{tmp_path}/run: ok | " + lines[-1].split(": ok | ")[1])
     assert all(part in lines[-1] for part in ("clean_acc", "ASR", "RAD", "ε 0.1"))
     epochs = [line for line in lines if "train epoch" in line]
-    assert len(epochs) == 2 and all("loss" in e and "ε" in e and "grad_ratio" not in e for e in epochs)
+    assert len(epochs) == 2 and all("loss" in e and "ε" in e and "mean_grad_ratio" not in e for e in epochs)
     assert proc.stderr.count("Optimal order is the") <= 1  # Opacus' repeated accountant warning: once at most

@@ -72,7 +72,13 @@ def test_fixed_shape_training_equals_unpadded_training(name, opt, dp):
     torch.testing.assert_close(_flat(fixed.model), _flat(plain.model), rtol=1e-6, atol=1e-6)
     for a, b in zip(plain.history, fixed.history):
         assert a.keys() == b.keys() and a["epsilon"] == b["epsilon"]
-        for key in ("train_loss", "noise_std", "grad_norm_clean", "shaped_grad_norm_poison", "grad_cosine"):
+        for key in (
+            "train_loss",
+            "noise_std",
+            "mean_grad_norm_clean",
+            "shaped_mean_grad_norm_poison",
+            "mean_grad_cosine",
+        ):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
 
 
@@ -103,7 +109,7 @@ def test_fixed_shape_does_not_change_a_runs_references():
 
     from gsdefense.identity import dp_spec
     from gsdefense.plan import prepare
-    from gsdefense.run import reference_spec
+    from gsdefense.references import reference_spec
     from tests.conftest import compose_cfg
 
     plan = prepare(compose_cfg("dataset=moons", "attack=label_flip", "dp.fixed_shape=true"))

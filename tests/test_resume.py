@@ -14,6 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import gsdefense.references as references_module
 import gsdefense.run as run_module
 from gsdefense.data import load_dataset
 from gsdefense.models import build_model
@@ -31,7 +32,9 @@ def test_resume_skips_a_completed_run_and_resume_false_recomputes(tmp_path, monk
     first = run(compose_cfg(*TINY), output_dir=tmp_path)
     calls = []
     real = run_module.fit
-    monkeypatch.setattr(run_module, "fit", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+    spy = lambda *a, **k: calls.append(k["desc"]) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(run_module, "fit", spy)
+    monkeypatch.setattr(references_module, "fit", spy)  # the clean references train there
     again = run(compose_cfg(*TINY), output_dir=tmp_path)
     assert calls == [] and again == first
     changed = run(compose_cfg(*TINY, "dp.clip=0.5"), output_dir=tmp_path)  # other run_id in the same dir
@@ -67,7 +70,7 @@ def test_checkpoint_round_trip_gives_identical_training_and_accounting(tmp_path)
     _loop(2, ckpt)  # "killed" after epoch 2
     assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 2
     resumed, resumed_model = _loop(4, ckpt)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in rows]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.epsilon == whole.epsilon
     for a, b in zip(resumed_model.parameters(), whole_model.parameters()):

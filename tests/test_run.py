@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import gsdefense.metrics as M
+import gsdefense.references as references_module
 import gsdefense.run as run_module
 from gsdefense.plan import prepare
 from gsdefense.run import run
@@ -16,9 +17,9 @@ from tests.conftest import TINY, compose_cfg
 
 REQUIRED_KEYS = {
     "status", "error", "clean_acc", "best_clean_acc", "target_class_acc", "asr", "rad", "rad_dp_matched",
-    "rad_best", "acc_ref_best", "epsilon_private_phases",
+    "rad_best", "rad_early_stop", "acc_ref_best", "epsilon_private_phases",
     "train_loss", "clean_train_loss", "poison_train_loss", "test_loss", "epsilon", "delta", "n_train", "n_poison",
-    "poison_ratio", "seconds", "device",
+    "noise_multiplier", "noise_std", "poison_fraction_of_train", "seconds", "device",
 }  # fmt: skip
 
 
@@ -34,7 +35,7 @@ def test_default_experiment_is_a_dp_backdoor_run_with_all_metrics(tmp_path):
     assert metrics.keys() >= REQUIRED_KEYS
     assert metrics["status"] == "ok" and metrics["error"] is None
     assert (metrics["n_train"], metrics["n_poison"]) == (1347 + 135, 135)  # badnets appends (Hong §3.1)
-    assert metrics["poison_ratio"] == pytest.approx(135 / 1482)
+    assert metrics["poison_fraction_of_train"] == pytest.approx(135 / 1482) and "poison_ratio" not in metrics
     assert 0 < metrics["epsilon"] < 10 and metrics["delta"] == 1e-5
     assert metrics["epsilon_private_phases"] == metrics["epsilon"] and metrics["epsilon_note"] is None
     assert 0 <= metrics["clean_acc"] <= 1 and 0 <= metrics["asr"] <= 1
@@ -44,7 +45,8 @@ def test_default_experiment_is_a_dp_backdoor_run_with_all_metrics(tmp_path):
     )
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert {"epoch", "train_loss", "clean_acc", "asr", "epsilon"} <= rows[0].keys()
+    assert {"epoch", "train_loss", "elapsed_seconds", "clean_acc", "asr", "epsilon"} <= rows[0].keys()
+    assert "seconds" not in rows[0] and float(rows[0]["elapsed_seconds"]) < float(rows[1]["elapsed_seconds"])
     assert float(rows[-1]["epsilon"]) == pytest.approx(metrics["epsilon"])
 
 
@@ -87,7 +89,9 @@ def test_label_flip_hurts_accuracy_and_has_no_asr(tmp_path):
 def test_second_run_reuses_cached_references(tmp_path, monkeypatch):
     calls = []
     real = run_module.fit
-    monkeypatch.setattr(run_module, "fit", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+    spy = lambda *a, **k: calls.append(k["desc"]) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(run_module, "fit", spy)
+    monkeypatch.setattr(references_module, "fit", spy)  # the clean references train there
     _run(tmp_path / "a")
     assert calls == ["train", "reference", "reference-dp"]
     calls.clear()

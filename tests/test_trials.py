@@ -16,7 +16,7 @@ from gsdefense.errors import ConfigError
 from gsdefense.models import build_model
 from gsdefense.phases import TrialRunner, kept_rows, pretrained
 from gsdefense.plan import prepare
-from gsdefense.run import reference_accuracy
+from gsdefense.references import reference_accuracy
 from gsdefense.training import fast_dp, loop
 from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.dp import DPSGDConfig

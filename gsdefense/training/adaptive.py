@@ -10,7 +10,9 @@ noise scale depends on the data, so this has **no formal privacy guarantee**:
 runs report ``epsilon: null`` with a note.
 
 Implemented as a subclass of Opacus' ``DPOptimizer`` that records clipped
-norms in ``clip_and_accumulate`` and resets its noise multiplier per epoch.
+norms in ``clip_and_accumulate`` (``NormRecordingDPOptimizer``, which every
+Opacus route uses, so that batch telemetry sees the norms the update clipped
+with) and resets its noise multiplier per epoch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ EPSILON_NOTE = "dp=adaptive: the noise scale depends on the data, so there is no
 class AdaptiveDPConfig:
     name: str = "adaptive"
     clip: float = 1.0
-    noise: float = 1.0
+    noise: float | None = 1.0  # base multiplier σ (epoch 1's std σ·C); as dp.dpsgd, null with noise_std
+    noise_std: float | None = None  # epoch 1's absolute std instead: σ = noise_std / clip (see dp.DPSGDConfig)
     delta: float = 1e-5  # kept for symmetry with dpsgd; no epsilon is computed
     accountant: str = "rdp"
     grad_sample_mode: str = "auto"
@@ -64,7 +67,19 @@ class NoiseTracker:
         return state["noise_multiplier"]
 
 
-class AdaptiveDPOptimizer(DPOptimizer):
+class NormRecordingDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer, keeping the whole-model per-sample norms ‖g_i‖ its last step clipped with
+    (``last_norms``, as ``fast_dp.FastDPOptimizer`` does): the same update, plus one norm computation."""
+
+    last_norms: torch.Tensor | None = None
+
+    def clip_and_accumulate(self) -> None:
+        samples = self.grad_samples
+        self.last_norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in samples], 1).norm(2, dim=1)
+        super().clip_and_accumulate()
+
+
+class AdaptiveDPOptimizer(NormRecordingDPOptimizer):
     """DPOptimizer whose noise std follows the previous epoch's mean clipped norm."""
 
     def __init__(self, *args, base_noise: float, **kwargs) -> None:
@@ -72,11 +87,9 @@ class AdaptiveDPOptimizer(DPOptimizer):
         self.tracker = NoiseTracker(base_noise=base_noise, clip=self.max_grad_norm)
 
     def clip_and_accumulate(self) -> None:
-        if len(self.grad_samples[0]):
-            self.tracker.record(
-                torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in self.grad_samples], 1).norm(2, dim=1)
-            )
         super().clip_and_accumulate()
+        if len(self.last_norms):
+            self.tracker.record(self.last_norms)
 
     @property
     def noise_std(self) -> float:

@@ -59,6 +59,7 @@ class FastDPOptimizer:
         self.accountant, self.sample_rate = accountant, sample_rate
         self.adaptive = adaptive
         self.tracker = NoiseTracker(base_noise=noise_multiplier, clip=max_grad_norm)
+        self.last_norms: torch.Tensor | None = None
 
     @property
     def noise_std(self) -> float:
@@ -82,10 +83,12 @@ class FastDPOptimizer:
         std = self.noise_multiplier * clip * scale  # (σC·z)/(q·n), drawn as σC/(q·n)·z
         if len(x):
             sums, loss_sum, norms = self.clipped_sum(x, y, clip=clip, scale=scale, weight=weight)
+            self.last_norms = norms.detach()  # whole-model per-sample norms this step clipped with (telemetry)
             if self.adaptive:
                 self.tracker.record(norms, weight)
         else:  # an empty Poisson batch is still a step: the update is pure noise
             sums, loss_sum = [torch.zeros_like(p) for p in self.params], torch.zeros((), device=x.device)
+            self.last_norms = x.new_zeros(0)
         for p, s in zip(self.params, sums):
             if std > 0:
                 s = s.add_(torch.normal(mean=0.0, std=std, size=s.shape, device=s.device, generator=self.generator))

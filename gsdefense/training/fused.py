@@ -3,7 +3,8 @@
 Members share the data, architecture, initialisation, schedule and seed, hence
 the batches: the sampler depends only on (n, batch size, seed), so every member
 sees the same Poisson (DP) or shuffled (vanilla) batches as its separate run
-would. They differ in ``dp.clip``, ``dp.noise``, ``dp.delta`` and ``optimizer.lr``.
+would. They differ in ``dp.clip``, ``dp.noise`` (validated: ``noise_std`` is folded into it), ``dp.delta``
+and ``optimizer.lr``.
 
 Per step, for member m with clip C_m, noise σ_m and its own noise generator:
 
@@ -126,11 +127,12 @@ def train_fused(
             if shared is not None:
                 shared.arm()
             if dp is None:
-                grads, losses = _mean_gradients(stacked, params, x[idx], y[idx])
+                (grads, losses), norms = _mean_gradients(stacked, params, x[idx], y[idx]), None
             else:
-                grads, losses = _private_gradients(engine, states, x[idx], y[idx], weight, clips=clips, scale=scale)
-            if shared is not None:
-                shared.record_captured(idx, weight)  # the forward above ran at the pre-update parameters
+                grads, losses, norms = _private_gradients(engine, states, x[idx], y[idx], weight, clips=clips,
+                                                          scale=scale)  # fmt: skip
+            if shared is not None:  # the forward above ran at the pre-update parameters; norms: what DP clipped with
+                shared.record_captured(idx, weight, norms)
             optimizer.step(grads)
             loss_sum += losses
             seen += size
@@ -188,10 +190,12 @@ def _mean_gradients(stacked, params, x, y) -> tuple[list[torch.Tensor], torch.Te
     return list(grads), losses.detach().sum(1)
 
 
-def _private_gradients(engine, states, x, y, weight, *, clips, scale) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """DP: clipped sums for all members, then each member's own noise and accountant step."""
+def _private_gradients(engine, states, x, y, weight, *, clips, scale) -> tuple[list, torch.Tensor, torch.Tensor | None]:
+    """DP: clipped sums for all members, then each member's own noise and accountant step; also returns the
+    members' whole-model per-sample norms (M, B) the clipping used."""
+    norms = None
     if len(x):
-        sums, losses, _ = engine.members(x, y, clip=clips, scale=scale, weight=weight)
+        sums, losses, norms = engine.members(x, y, clip=clips, scale=scale, weight=weight)
     else:  # an empty Poisson batch is still a step: the update is pure noise
         sums = [torch.zeros_like(p) for p in engine.model.parameters() if p.requires_grad]
         losses = torch.zeros(len(states), device=x.device)
@@ -202,7 +206,7 @@ def _private_gradients(engine, states, x, y, weight, *, clips, scale) -> tuple[l
             for s in sums:
                 s[k].add_(torch.normal(mean=0.0, std=std, size=s[k].shape, device=s.device, generator=st.noise_gen))
         st.private.engine.accountant.step(noise_multiplier=dp.noise, sample_rate=st.private.sample_rate)
-    return sums, losses
+    return sums, losses, norms
 
 
 def _end_epoch(
@@ -210,7 +214,7 @@ def _end_epoch(
 ) -> None:
     """The member's history row, exactly as ``loop.train`` writes it; a non-finite member stops."""
     spec, result = st.spec, st.result
-    row: dict = {"epoch": epoch, "train_loss": train_loss, "seconds": elapsed}
+    row: dict = {"epoch": epoch, "train_loss": train_loss, "elapsed_seconds": elapsed}
     if st.private is not None:
         result.epsilon = st.private.epsilon()
         row["noise_std"] = spec.dp.noise * spec.dp.clip

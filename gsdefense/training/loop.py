@@ -160,13 +160,13 @@ def train(
                 loss.backward()
                 optimizer.step()
             step += 1
-            if probe is not None:
-                probe.end_step(idx, weight)
+            if probe is not None:  # the per-sample norms the DP update clipped with, still on the device
+                probe.end_step(idx, weight, norms=getattr(optimizer, "last_norms", None))
             if probe_every and step % probe_every == 0:
                 result.step_telemetry.append({"epoch": epoch, "step": step, **probe.probe_row(model)})
         train_loss = (loss_sum / max(seen, 1)).item()
         row: dict[str, float | int | None] = {"epoch": epoch, "train_loss": train_loss}
-        row["seconds"] = time.perf_counter() - start
+        row["elapsed_seconds"] = time.perf_counter() - start  # cumulative since the run started
         if private is not None:
             result.epsilon = private.epsilon()
             row["noise_std"] = optimizer.noise_multiplier * optimizer.max_grad_norm  # the std used this epoch

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from gsdefense.errors import ConfigError
-from gsdefense.registry import Registry
+from gsdefense.registry import Registry, to_dataclass
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 
@@ -47,6 +49,38 @@ def optimizer_config(node) -> SGDConfig | AdamConfig:
     for field in betas:
         if not 0 <= getattr(cfg, field) < 1:
             raise ConfigError(f"optimizer.{field}", f"must be in [0, 1) (got {getattr(cfg, field)}).")
+    return cfg
+
+
+@dataclass
+class ReferenceConfig:
+    """``reference``: the vanilla schedule of ``rad``'s clean reference (``gsdefense.references``), where it differs
+    from the run's.
+
+    Each key replaces the run's ``optimizer`` key of that name for the vanilla reference (no poison, no DP);
+    null keeps the run's own. ``epochs`` applies to the scratch scenario (retrain: the scenario's epochs).
+    """
+
+    lr: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The optimizer keys this reference changes (empty: the run's own schedule)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def reference_config(node: Any, *, scenario: str) -> ReferenceConfig:
+    """The validated ``reference`` node (a config without one: the run's own schedule)."""
+    cfg = to_dataclass(node if node is not None else {}, ReferenceConfig, group="reference")
+    for key, value in cfg.overrides().items():
+        if not value > 0:
+            raise ConfigError(f"reference.{key}", f"must be > 0 or null (got {value}).", "null = the run's own.")
+    if cfg.epochs is not None and scenario != "scratch":
+        raise ConfigError(
+            "reference.epochs", f"applies to scenario=scratch (this is {scenario}).",
+            "leave it null; the retrain scenario's schedule is scenario.pretrain_epochs and retrain_epochs.",
+        )  # fmt: skip
     return cfg
 
 

@@ -97,7 +97,7 @@ def _end_epoch(stack: Stack, epoch: int, train_loss: list, *, dp, last: bool, me
     going, first = [], {}
     for k, st in enumerate(stack.members):
         spec, result = st.spec, st.result
-        row: dict = {"epoch": epoch, "train_loss": train_loss[k], "seconds": elapsed}
+        row: dict = {"epoch": epoch, "train_loss": train_loss[k], "elapsed_seconds": elapsed}
         if dp is not None:
             result.epsilon = None if adaptive else _epsilon(st.accountant, dp.delta, memo)
             row["noise_std"] = st.sigma * dp.clip

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 log = logging.getLogger(__name__)
 
 # The keys a fused group's members may differ in; gsdefense.fuse.FUSABLE (a test keeps them equal).
-FUSABLE = ["dp.clip", "dp.noise", "dp.delta", "optimizer.lr"]
+FUSABLE = ["dp.clip", "dp.noise", "dp.noise_std", "dp.delta", "optimizer.lr"]
 # submitit's executor-independent parameters; the others get the cluster's prefix (slurm_partition, …).
 BASE_PARAMS = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
                "stderr_to_stdout"}  # fmt: skip
