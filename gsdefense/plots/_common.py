@@ -17,6 +17,9 @@ from gsdefense.analysis import add_defense, setting_columns
 F = TypeVar("F", bound=Callable[..., Figure])
 VANILLA = "vanilla"
 DP_KEYS = ("dp.name", "dp.clip", "dp.noise")
+ADD_VANILLA = "add dp=dpsgd,none"
+# What a line must never join across: each is a panel (or a row of panels) when it varies.
+IDENTITY = ("attack.name", "dataset.name", "model.name")
 LABELS = {
     "attack.poison_ratio": "poison ratio",
     "dp.clip": "clip norm C",
@@ -57,7 +60,8 @@ def label(column: str) -> str:
 
 
 def short(column: str) -> str:
-    return SHORT.get(column, column)
+    """A facet title's name for a setting: ``attack``, ``C``, or the last part of its dotted name."""
+    return SHORT.get(column, column.rsplit(".", 1)[-1])
 
 
 def fmt(value: float) -> str:
@@ -104,7 +108,7 @@ def ok_runs(df: pd.DataFrame, *, figure: str) -> pd.DataFrame:
         df = df[df["status"] == "ok"]
     if df.empty:
         raise ValueError(f"{figure}: no runs with status ok")
-    return df if "defense" in df.columns else add_defense(df)
+    return hashable(df if "defense" in df.columns else add_defense(df))
 
 
 def split_defense(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -146,36 +150,61 @@ def spread_note(n: Iterable[int], *, sd: bool = True) -> str:
 
 
 def context(df: pd.DataFrame, keys: Sequence[str]) -> str:
-    """``attack: label_flip`` when the figure has one attack and no panel says so."""
-    if "attack.name" in keys or "attack.name" not in df.columns or df["attack.name"].nunique() != 1:
-        return ""
-    return f"attack: {df['attack.name'].iloc[0]}"
+    """``attack: label_flip, dataset: digits, model: mlp``: what the whole figure shows, for each of the attack,
+    dataset and model that has one value and no panel title names."""
+    parts = []
+    for key in IDENTITY:
+        if key in keys or key not in df.columns or df[key].nunique() != 1:
+            continue
+        parts.append(f"{short(key)}: {df[key].iloc[0]}")
+    return ", ".join(parts)
+
+
+def hashable(df: pd.DataFrame) -> pd.DataFrame:
+    """Lists in object columns (``dataset.classes`` from a frame built by hand or read back from Parquet) become
+    tuples, so that they can be grouped and compared like any other setting."""
+    out = df
+    for col in df.columns:
+        if df[col].dtype == object and df[col].map(lambda v: isinstance(v, list | np.ndarray)).any():
+            if out is df:
+                out = df.copy()
+            out[col] = df[col].map(lambda v: tuple(v) if isinstance(v, list | np.ndarray) else v)
+    return out
+
+
+def equals(values: pd.Series, value: Any) -> pd.Series:
+    """``values == value`` that takes a tuple (``dataset.classes``) or a null as one value, never elementwise."""
+    text = _key(value)
+    return values.map(_key) == text
 
 
 def _determined(df: pd.DataFrame, key: str, others: Sequence[str]) -> bool:
-    # A key that follows from the others (attack.mode from attack.name) adds nothing to a facet title.
+    # A key that follows from the others (attack.pattern_seed from attack.name) adds nothing to a facet title.
     if not others:
         return False
     return bool(df.groupby(list(others), dropna=False)[key].nunique(dropna=False).max() <= 1)
 
 
 def facets(df: pd.DataFrame, used: Iterable[str], *, limit: int = 4) -> tuple[list[str], list[str]]:
-    """(facet keys, pooled keys): settings varying in ``df`` that ``used`` does not plot.
+    """(facet keys, fixed keys): settings varying in ``df`` that ``used`` does not plot.
 
-    They become panels when they form at most ``limit`` combinations; otherwise only ``attack.name`` does and the
-    rest is averaged over (and must be named in the figure).
+    The attack, dataset and model (``IDENTITY``) are always facets when they vary: a line never joins two of them.
+    A setting that follows from them (``attack.pattern_seed`` from ``attack.name``) is dropped. The other settings
+    become facets too when all together form at most ``limit`` panels; otherwise each is fixed at one value
+    (``slice_rest``, which the figure must name).
     """
     used = set(used) | set(DP_KEYS) | {"defense"}
-    keys = [c for c in setting_columns(df, varying=True) if c not in used]
+    varying = [c for c in setting_columns(df, varying=True) if c not in used]
+    identity = [k for k in IDENTITY if k in varying]
+    keys = [c for c in varying if c not in identity]
     plotted = [c for c in used if c in df.columns]
     for key in list(keys):
         # dp.delta of vanilla runs is empty: it follows from dp.name, which the lines already show.
-        if _determined(df, key, [*plotted, *(k for k in keys if k != key)]):
+        if _determined(df, key, [*identity, *plotted, *(k for k in keys if k != key)]):
             keys.remove(key)
-    if not keys or len(df[keys].drop_duplicates()) <= limit:
-        return keys, []
-    first = [k for k in keys if k == "attack.name"]
-    return first, [k for k in keys if k not in first]
+    if not keys or len(df[[*identity, *keys]].drop_duplicates()) <= limit:
+        return [*identity, *keys], []
+    return identity, keys
 
 
 def slice_rest(df: pd.DataFrame, rest: Sequence[str]) -> tuple[pd.DataFrame, str]:
@@ -191,24 +220,99 @@ def slice_rest(df: pd.DataFrame, rest: Sequence[str]) -> tuple[pd.DataFrame, str
             value = values.max()
             shown = pct(value)
         else:
-            counts = values.value_counts(dropna=False, sort=False).sort_index()
-            value = counts.idxmax()
-            shown = str(value)
-        df = df[values.isna()] if pd.isna(value) else df[values == value]
+            counts = values.map(_key).value_counts()
+            common = {_key(v): v for v in values if counts[_key(v)] == counts.max()}
+            value = min(common.values(), key=_order)
+            shown = value_text(value)
+        df = df[equals(values, value)]
         notes.append(f"{short(key)} = {shown}")
     return df, ("at " + ", ".join(notes)) if notes else ""
 
 
+def _key(value: Any) -> str:
+    """One text per distinct setting value, whatever its Python or numpy type (0.4 and np.float64(0.4) agree)."""
+    if isinstance(value, tuple):
+        return repr(tuple(_key(v) for v in value))
+    if pd.isna(value):
+        return "<null>"
+    if isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_):
+        return repr(float(value))
+    return repr(value)
+
+
+def value_text(value: Any) -> str:
+    """A setting's value for a title: ``0.1``, ``badnets``, ``3, 4`` (a list), ``all`` (null: the default)."""
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    if pd.isna(value):
+        return "all"
+    return fmt(value) if isinstance(value, float) else str(value)
+
+
 def facet_groups(df: pd.DataFrame, keys: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
-    """(title, rows) per combination of ``keys``; one untitled group without keys."""
+    """(title, rows) per combination of ``keys``; one untitled group without keys.
+
+    A panel of one dataset setting (``dataset.classes``) names the dataset too: figures over mixed datasets
+    must say which one each panel shows.
+    """
     if not keys:
         return [("", df)]
     out = []
-    for values, part in df.groupby(list(keys), dropna=False, sort=True):
-        values = values if isinstance(values, tuple) else (values,)
-        shown = [f"{short(k)}: {v}" for k, v in zip(keys, values, strict=True) if not pd.isna(v)]
+    named = [*keys]
+    if any(k.startswith("dataset.") for k in keys) and "dataset.name" not in keys and "dataset.name" in df.columns:
+        named = ["dataset.name", *keys]
+    # FashionMNIST-3/4 is dataset fashion_mnist with classes [3, 4]: its panels say so.
+    subsets = (
+        "dataset.classes" in df.columns
+        and "dataset.classes" not in keys
+        and df["dataset.classes"].map(_key).nunique() > 1
+    )
+    for part in _groups(df, keys):
+        shown = [f"{short(k)}: {value_text(part[k].iloc[0])}" for k in named]
+        if subsets and "dataset.name" in named and not _null(classes := part["dataset.classes"].iloc[0]):
+            shown[named.index("dataset.name")] += f" (classes {value_text(classes)})"
         out.append((", ".join(shown), part))
     return out
+
+
+def _null(value: Any) -> bool:
+    return not isinstance(value, tuple) and bool(pd.isna(value))
+
+
+def facet_panels(
+    df: pd.DataFrame, keys: Sequence[str], rest: Sequence[str]
+) -> tuple[list[tuple[str, pd.DataFrame]], str, pd.DataFrame]:
+    """(title, rows) per panel (``facet_groups``), each with the settings of ``rest`` fixed within it
+    (``slice_rest``: a panel's own largest poison ratio, its own most common value), the ``at …`` note they share
+    (a note that differs between panels goes into their titles instead), and all rows shown."""
+    groups = facet_groups(df, keys)
+    sliced = [(group, *slice_rest(part, rest)) for group, part in groups]
+    notes = {note for _, _, note in sliced}
+    common = notes.pop() if len(notes) == 1 else ""
+    out = [(", ".join(t for t in (group, "" if common else note) if t), part) for group, part, note in sliced]
+    shown = pd.concat([part for _, part in out]) if out else df.iloc[0:0]
+    return out, common, shown
+
+
+def _order(value: Any) -> tuple:
+    # Numbers numerically, then text, then tuples; null last.
+    if not isinstance(value, tuple) and pd.isna(value):
+        return (3, "")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, float(value))
+    return (2, str(value)) if isinstance(value, tuple) else (1, str(value))
+
+
+def _groups(df: pd.DataFrame, keys: Sequence[str]) -> list[pd.DataFrame]:
+    """The rows of each combination of ``keys``, in a stable order; a tuple or a null is one value like any other."""
+    combos = df[list(keys)].map(_key).drop_duplicates()
+    parts = []
+    for combo in combos.itertuples(index=False):
+        mask = np.ones(len(df), dtype=bool)
+        for key, text in zip(keys, combo, strict=True):
+            mask &= (df[key].map(_key) == text).to_numpy()
+        parts.append(df[mask])
+    return sorted(parts, key=lambda part: [_order(part[k].iloc[0]) for k in keys])
 
 
 def dp_line_label(clip: float, noise: float, *, clips: int, noises: int) -> str:
@@ -234,7 +338,19 @@ def defense_order(levels: Iterable[str]) -> list[str]:
     return sorted(set(levels), key=key)
 
 
+def vanilla_note(groups: Sequence[tuple[str, pd.DataFrame]]) -> str:
+    """Why a figure that draws vanilla as a reference has none (in some panels): never promise a line not drawn."""
+    missing = [title or "all" for title, part in groups if not (part["defense"] == VANILLA).any()]
+    if not missing:
+        return ""
+    if len(missing) == len(groups):
+        return f"no vanilla line: no run with dp=none in this sweep ({ADD_VANILLA})"
+    return f"no vanilla line for {'; '.join(missing)}: no run with dp=none there ({ADD_VANILLA})"
+
+
 def title(fig: Figure, text: str, *notes: str) -> None:
     """The figure title, and below it, in one wrapped line, what the reader must know (slices, n, averaging)."""
     note = "; ".join(n for n in notes if n)
-    fig.suptitle(text + ("\n" + "\n".join(textwrap.wrap(f"({note})", 100)) if note else ""), fontsize=11)
+    # Wrapped to the figure's width (≈ 11 characters per inch at 11 pt), at most 110 characters a line.
+    chars = max(40, min(110, int(fig.get_figwidth() * 11)))
+    fig.suptitle(text + ("\n" + "\n".join(textwrap.wrap(f"({note})", chars)) if note else ""), fontsize=11)
