@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from omegaconf import DictConfig
 
 from gsdefense import metrics as M
 from gsdefense.cache import cache_key, cached_json, noise_seed
+from gsdefense.console import epsilon_text
 from gsdefense.errors import ConfigError
 from gsdefense.identity import Identity, dp_spec, run_id
 from gsdefense.io import atomic_write, write_csv, write_json
@@ -35,7 +35,7 @@ from gsdefense.scenario import privacy_report
 from gsdefense.telemetry import GradientProbe, original_exports
 from gsdefense.training.checkpoint import Checkpointer, checkpoint_config
 from gsdefense.training.loop import TrainResult
-from gsdefense.training.loss_trend import loss_warnings
+from gsdefense.training.loss_trend import run_warnings
 
 log = logging.getLogger(__name__)
 
@@ -139,28 +139,7 @@ def summary_line(metrics: dict, output_dir: Path) -> str:
         return f"{value:.3f}" if isinstance(value, float) else "—"
 
     return (f"{output_dir}: {metrics.get('status')} | clean_acc {num('clean_acc')} | ASR {num('asr')} | "
-            f"RAD {num('rad')} | ε {_epsilon_text(metrics)}")  # fmt: skip
-
-
-def _epsilon_text(metrics: dict) -> str:
-    """ε as a number; ``— (no DP)`` for vanilla; ``∞ (σ = 0)`` for clipping without noise; else ``— (<why>)``.
-
-    The cases follow ``scenario.privacy_report``'s ``epsilon_note``, which says why a run has no ε.
-    """
-    eps = metrics.get("epsilon")
-    if isinstance(eps, int | float) and not isinstance(eps, bool):
-        return "∞ (σ = 0)" if math.isinf(eps) else f"{eps:.3g}"
-    note = metrics.get("epsilon_note") or ""
-    if note.startswith("no DP"):
-        return "— (no DP)"
-    if note.startswith("dp.noise=0"):
-        return "∞ (σ = 0)"
-    if note.startswith("dp=adaptive"):
-        return "— (adaptive noise: no guarantee)"
-    private = metrics.get("epsilon_private_phases")
-    if isinstance(private, float):
-        return f"— (private phases only: {private:.3g})"
-    return "— (see epsilon_note)" if note else "—"
+            f"RAD {num('rad')} | ε {epsilon_text(metrics)}")  # fmt: skip
 
 
 def checkpointer_for(cfg: DictConfig, output_dir: Path, *, tag: str) -> Checkpointer | None:
@@ -254,17 +233,8 @@ def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path
         "poison_ratio": poisoned.n_poison / len(poisoned.y),
         **poisoned.defense_info,
         **plan.attack.extra_metrics(),
-        "warnings": run_warnings(plan, result.history if ok else []),
+        "warnings": run_warnings(result.history if ok else [], dp=plan.dp, optimizer=plan.optimizer, spec=plan.spec),
     }
-
-
-def run_warnings(plan: Plan, history: list[dict]) -> list[str]:
-    """What a reader of this run should know (a DP run's loss rising for epochs); each is logged, too."""
-    found = loss_warnings(history, dp=plan.dp, optimizer=plan.optimizer, dataset=plan.spec["dataset"]["name"],
-                          model=plan.spec["model"]["name"])  # fmt: skip
-    for text in found:
-        log.warning("%s", text)
-    return found
 
 
 def _run_targeted(plan: Plan, output_dir: Path, *, noise_seed: int) -> dict:

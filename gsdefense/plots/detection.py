@@ -19,10 +19,7 @@ from gsdefense.analysis import setting_columns
 from gsdefense.plots._axes import panel_title
 from gsdefense.plots._common import (
     VANILLA,
-    context,
     defense_order,
-    facet_panels,
-    facets,
     fmt,
     label,
     ok_runs,
@@ -30,8 +27,8 @@ from gsdefense.plots._common import (
     split_defense,
     styled,
     title,
-    vanilla_note,
 )
+from gsdefense.plots._facets import context, facet_panels, facets, vanilla_note
 
 INDEX = "nc_target_anomaly_index"
 DETECTED = "nc_detected"

@@ -13,9 +13,6 @@ from matplotlib.lines import Line2D
 
 from gsdefense.plots._axes import MARKERS, declutter, dodge, line_colors, metric_limits, outside_legend, panel_title
 from gsdefense.plots._common import (
-    context,
-    facet_panels,
-    facets,
     fmt,
     label,
     ok_runs,
@@ -26,6 +23,7 @@ from gsdefense.plots._common import (
     styled,
     title,
 )
+from gsdefense.plots._facets import context, facet_panels, facets
 
 INF = "∞"
 

@@ -26,12 +26,8 @@ from gsdefense.plots._axes import (
     value_axis,
 )
 from gsdefense.plots._common import (
-    IDENTITY,
     VANILLA,
-    context,
     dp_line_label,
-    facet_panels,
-    facets,
     fmt,
     label,
     ok_runs,
@@ -44,8 +40,8 @@ from gsdefense.plots._common import (
     spread_note,
     styled,
     title,
-    vanilla_note,
 )
+from gsdefense.plots._facets import IDENTITY, context, facet_panels, facets, vanilla_note
 
 MAX_LINES = 8  # more DP settings than this in one panel: one panel per σ
 DODGE = 0.2  # the sideways spread of a panel's error bars at one x, as a share of the gap between two x values

@@ -19,11 +19,8 @@ from gsdefense.analysis import add_defense
 from gsdefense.plots._axes import BOUNDED, declutter, line_colors, log_axis, metric_limits, outside_legend, panel_title
 from gsdefense.plots._common import (
     VANILLA,
-    context,
     defense_order,
     dp_line_label,
-    facet_panels,
-    facets,
     fmt,
     hashable,
     label,
@@ -33,6 +30,7 @@ from gsdefense.plots._common import (
     styled,
     title,
 )
+from gsdefense.plots._facets import context, facet_panels, facets
 
 MAX_LINES = 8
 # Rows of the telemetry figure: (log y, reference line, panels); a panel is (title, y label, columns), and the first

@@ -10,9 +10,6 @@ from matplotlib.figure import Figure
 
 from gsdefense.plots._axes import MIN_SPAN, declutter, panel_title
 from gsdefense.plots._common import (
-    context,
-    facet_panels,
-    facets,
     fmt,
     label,
     ok_runs,
@@ -23,6 +20,7 @@ from gsdefense.plots._common import (
     styled,
     title,
 )
+from gsdefense.plots._facets import context, facet_panels, facets
 
 
 def _color_range(values: pd.Series) -> tuple[float, float]:

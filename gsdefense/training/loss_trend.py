@@ -7,8 +7,11 @@ DP-SGD adds noise of std σ·C to each batch's summed, clipped gradient. With th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MIN_RISES = 2  # consecutive epoch-on-epoch increases: three epochs of rising loss
 MIN_GROWTH = 0.10  # ... by at least this fraction of the loss where the rise began (DP noise jitters less)
@@ -82,3 +85,12 @@ def loss_warnings(history: Sequence[dict[str, Any]], *, dp: Any, optimizer: Any,
     if schedule:
         text += f"; the papers' schedule ({schedule[0]}): {schedule[1]}"
     return [text]
+
+
+def run_warnings(history: Sequence[dict[str, Any]], *, dp: Any, optimizer: Any, spec: dict) -> list[str]:
+    """``loss_warnings`` of a run (``plan.spec`` names its dataset and model), each also logged."""
+    found = loss_warnings(history, dp=dp, optimizer=optimizer, dataset=spec["dataset"]["name"],
+                          model=spec["model"]["name"])  # fmt: skip
+    for text in found:
+        log.warning("%s", text)
+    return found
