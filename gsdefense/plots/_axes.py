@@ -89,6 +89,13 @@ def panel_title(ax: plt.Axes, text: str, *, fontsize: float = 10, **kwargs: Any)
     ax.set_title("\n".join(textwrap.fill(part, chars) for part in text.split("\n")), fontsize=fontsize, **kwargs)
 
 
+def empty_panel(ax: plt.Axes, text: str) -> None:
+    """A panel with nothing to draw says why, in grey, instead of showing an empty frame."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, textwrap.fill(text, 40), ha="center", va="center", fontsize=9, color="0.4",
+            transform=ax.transAxes)  # fmt: skip
+
+
 def dodge(index: int, count: int, width: float) -> float:
     """Offset of line ``index`` of ``count`` so that error bars at one x do not sit on each other."""
     return 0.0 if count < 2 else (index - (count - 1) / 2) * width / count

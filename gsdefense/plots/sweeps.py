@@ -6,7 +6,6 @@ Every point is the mean over seeds of one setting with ± sd bars; the figure ti
 from __future__ import annotations
 
 import math
-import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -17,6 +16,7 @@ from matplotlib.lines import Line2D
 from gsdefense.plots._axes import (
     declutter,
     dodge,
+    empty_panel,
     grid_axis,
     line_colors,
     line_markers,
@@ -212,11 +212,8 @@ def asr_rad_vs_dp(runs: pd.DataFrame, *, metrics: Sequence[str] | None = None) -
 
 def _no_sweep(ax: plt.Axes, dp: pd.DataFrame, *, x: str, group: str) -> None:
     """An empty panel that says why: this attack (dataset, model) ran at one value of ``x``."""
-    ax.set_axis_off()
     values = ", ".join(fmt(v) for v in sorted(dp[x].unique()))
-    text = f"{group}: " if group else ""
-    text = textwrap.fill(f"{text}one {label(x)} ({values}): nothing to draw", 45)
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="0.4", transform=ax.transAxes)
+    empty_panel(ax, f"{group + ': ' if group else ''}one {label(x)} ({values}): nothing to draw")
 
 
 def _dp_panel(

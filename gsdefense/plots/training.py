@@ -16,7 +16,16 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from gsdefense.analysis import add_defense
-from gsdefense.plots._axes import BOUNDED, declutter, line_colors, log_axis, metric_limits, outside_legend, panel_title
+from gsdefense.plots._axes import (
+    BOUNDED,
+    declutter,
+    empty_panel,
+    line_colors,
+    log_axis,
+    metric_limits,
+    outside_legend,
+    panel_title,
+)
 from gsdefense.plots._common import (
     VANILLA,
     defense_order,
@@ -167,12 +176,16 @@ def gradient_telemetry(history: pd.DataFrame) -> Figure:
                     ax.set_axis_off()
                     continue
                 panel, ylabel, column = panels[position]
+                drawn = []
                 for level in levels:
                     lv = part[part["line"] == level]
                     # A zero ratio has no place on a log axis.
                     lv = lv[pd.to_numeric(lv[column], errors="coerce") > 0] if log else lv
-                    drawn = _band(ax, lv, column, color=colors[level])
-                    values += drawn if position < 2 else []
+                    drawn += _band(ax, lv, column, color=colors[level])
+                if not drawn:
+                    empty_panel(ax, f"{group}: no {panel.rstrip('*')}" if group else f"no {panel.rstrip('*')}")
+                    continue
+                values += drawn if position < 2 else []
                 ax.axhline(ref, color="0.6", linewidth=0.8, zorder=0)
                 if log:
                     log_axis(ax)
@@ -234,6 +247,9 @@ def training_curves(history: pd.DataFrame, *, metrics: Sequence[str] = ("clean_a
                 rows = part[part["line"] == level]
                 rows = rows[pd.to_numeric(rows[metric], errors="coerce") > 0] if log else rows
                 values += _band(ax, rows, metric, color=colors[level])
+            if not values:  # label flipping has no ASR: say so instead of an empty frame
+                empty_panel(ax, f"{group}: no {label(metric)}" if group else f"no {label(metric)}")
+                continue
             if log:
                 log_axis(ax)
             elif metric in BOUNDED:
