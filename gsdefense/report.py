@@ -18,12 +18,12 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from gsdefense.analysis import STATUSES, load_history, load_runs, resolve_sweep, setting_columns, summarise
+from gsdefense.analysis import STATUSES, load_history, load_runs, resolve_sweep
 from gsdefense.io import atomic_write
 from gsdefense.plots import FIGURES
+from gsdefense.plots._common import hashable, rad_metric
+from gsdefense.report_tables import results_heading, results_table, setup_lines
 
-KEY_METRICS = ("clean_acc", "asr", "rad", "epsilon")
-DP_LABELLED = ("dp.name", "dp.clip", "dp.noise")  # shown as one `defense` column
 EPILOG = """\
 examples:
   python -m gsdefense.report multirun/2026-11-21/14-41-40
@@ -53,47 +53,26 @@ def status_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"status": order, "runs": [int(counts[s]) for s in order]})
 
 
-def _number(mean: float, sd: float) -> str:
-    if math.isnan(mean):
-        return ""
-    return _short(mean) + ("" if math.isnan(sd) else f" ± {_short(sd)}")
-
-
-def _short(value: float) -> str:
-    if abs(value) >= 1000:
-        return f"{value:.3g}"  # ε can be 1e13 at σ = 1e-7
-    return f"{value:.3f}" if round(value, 3) else "0.000"  # never "-0.000"
-
-
 def metrics_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Key metrics of ok runs, one row per setting (every setting that varies among them, seed excepted):
-    ``n`` runs, and ``mean ± sd`` over them; ``over`` says what varies within a row when it is not only ``seed``."""
-    ok = runs[runs["status"] == "ok"]
-    metrics = [m for m in KEY_METRICS if m in ok.columns and ok[m].notna().any()]
-    if ok.empty or not metrics:
-        return pd.DataFrame()
-    by = setting_columns(ok, varying=True)
-    stats = summarise(ok, by=by, metrics=metrics, wide=True)
-    shown = [c for c in by if c not in DP_LABELLED]
-    out = stats[shown].copy()
-    if any(c in by for c in DP_LABELLED):
-        # One readable column (vanilla, DP clip=1 noise=0.4) instead of three partly empty ones.
-        out.insert(0, "defense", [g["defense"].iloc[0] for _, g in ok.groupby(by, dropna=False, sort=True)])
-    out["n"] = stats[[f"{m}_count" for m in metrics]].max(axis=1).astype(int)
-    for m in metrics:
-        out[m] = [_number(a, s) for a, s in zip(stats[f"{m}_mean"], stats[f"{m}_std"], strict=True)]
-    if (stats["over"].isin(["seed", ""])).all():
-        return out
-    return out.assign(over=stats["over"])
+    """The metrics that matter of the ok runs, one row per setting (``report_tables.results_table``)."""
+    ok = runs[runs["status"] == "ok"] if "status" in runs else runs
+    return results_table(hashable(ok), rad=rad_metric(ok)) if not ok.empty else pd.DataFrame()
 
 
 def metrics_heading(table: pd.DataFrame) -> str:
-    n = sorted(set(table["n"])) if "n" in table else []
-    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}" if n else "?"
-    what = "seeds" if "over" not in table else "runs (see `over`)"
-    return (
-        f"Each row is one setting (every swept setting but the seed); values are mean ± sd over its n = {seeds} {what}."
-    )
+    return results_heading(table, detector="detected" in table or "anomaly index" in table)
+
+
+def warning_lines(runs: pd.DataFrame, *, limit: int = 10) -> list[str]:
+    """Each run's ``warnings`` (metrics.json), one line per run: at most ``limit``, then how many more."""
+    if "warnings" not in runs:
+        return []
+    found = [(d, w) for d, ws in zip(runs["run_dir"], runs["warnings"], strict=True)
+             if isinstance(ws, tuple | list) for w in ws]  # fmt: skip
+    lines = [f"- `{d}`: {_cell(w)}" for d, w in found[:limit]]
+    if len(found) > limit:
+        lines.append(f"- … and {len(found) - limit} more (each run's metrics.json `warnings`)")
+    return lines
 
 
 def make_figures(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> tuple[list[str], list[str], list[str]]:
@@ -127,11 +106,18 @@ def make_figures(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> tuple[
 def summary_markdown(
     runs: pd.DataFrame, dirs: Sequence[Path], made: list[str], skipped: list[str], problems: Sequence[str] = ()
 ) -> str:
-    parts = ["# Sweep report", "", "Sweeps: " + ", ".join(f"`{d}`" for d in dirs), "", "## Runs by status", ""]
-    parts += [markdown_table(status_table(runs)), ""]
+    """The sweep's settings first, then the results table, warnings, statuses, and the figures."""
+    parts = ["# Sweep report", "", "Sweeps: " + ", ".join(f"`{d}`" for d in dirs), ""]
+    ok = hashable(runs[runs["status"] == "ok"])
+    if not ok.empty:
+        parts += ["## Setup", "", *setup_lines(ok, runs), ""]
     table = metrics_table(runs)
     if not table.empty:
-        parts += ["## Key metrics of ok runs", "", metrics_heading(table), "", markdown_table(table), ""]
+        parts += ["## Results", "", metrics_heading(table), "", markdown_table(table), ""]
+    warned = warning_lines(runs)
+    if warned:
+        parts += ["## Warnings", "", *warned, ""]
+    parts += ["## Runs by status", "", markdown_table(status_table(runs)), ""]
     bad = runs[runs["status"] != "ok"]
     if not bad.empty:
         parts += ["## Runs that are not ok", ""]
@@ -147,10 +133,14 @@ def summary_markdown(
 
 
 def _tabular(df: pd.DataFrame) -> pd.DataFrame:
-    # Tuples (e.g. dataset.classes) are not Parquet scalars; a string keeps the information.
-    return df.apply(
-        lambda col: col.map(lambda v: str(v) if isinstance(v, tuple) else v) if col.dtype == object else col
-    )
+    # Tuples (e.g. dataset.classes) are not Parquet scalars; a string keeps the information. A run's warnings
+    # are sentences: joined with " | ", and empty when there are none.
+    def flat(col: pd.Series) -> pd.Series:
+        if col.name == "warnings":
+            return col.map(lambda v: " | ".join(v) if isinstance(v, tuple | list) else v)
+        return col.map(lambda v: str(v) if isinstance(v, tuple) else v) if col.dtype == object else col
+
+    return df.apply(flat)
 
 
 def write_report(dirs: Sequence[Path], out: Path, *, rad: str = "auto") -> pd.DataFrame:

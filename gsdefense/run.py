@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from gsdefense import metrics as M
+from gsdefense.console import epsilon_text
 from gsdefense.errors import ConfigError
 from gsdefense.identity import Identity, run_id
 from gsdefense.io import atomic_write, write_csv, write_json
@@ -34,6 +35,7 @@ from gsdefense.telemetry import GradientProbe, original_exports
 from gsdefense.training.checkpoint import Checkpointer, checkpoint_config
 from gsdefense.training.dp import dp_metrics
 from gsdefense.training.loop import TrainResult
+from gsdefense.training.loss_trend import run_warnings
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,8 @@ def summary_line(metrics: dict, output_dir: Path) -> str:
         value = metrics.get(key)
         return f"{value:.3f}" if isinstance(value, float) else "—"
 
-    eps = metrics.get("epsilon")
-    epsilon = f"{eps:.3g}" if isinstance(eps, float) else ("∞/none" if metrics.get("epsilon_note") else "—")
     return (f"{output_dir}: {metrics.get('status')} | clean_acc {num('clean_acc')} | ASR {num('asr')} | "
-            f"RAD {num('rad')} | ε {epsilon}")  # fmt: skip
+            f"RAD {num('rad')} | ε {epsilon_text(metrics)}")  # fmt: skip
 
 
 def checkpointer_for(cfg: DictConfig, output_dir: Path, *, tag: str) -> Checkpointer | None:
@@ -179,6 +179,7 @@ def finish(plan: Plan, poisoned: Poisoned, result: TrainResult, output_dir: Path
         "poison_fraction_of_train": poisoned.n_poison / len(poisoned.y),
         **poisoned.defense_info,
         **plan.attack.extra_metrics(),
+        "warnings": run_warnings(result.history if ok else [], dp=plan.dp, optimizer=plan.optimizer, spec=plan.spec),
     }
 
 

@@ -447,7 +447,7 @@ def test_notebook_runs_headless(sweep: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert any("4 runs" in o.get("text", "") for o in outputs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # 4 sweep figures + gradient telemetry
     tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-    assert any("mean ± sd over its n = 1 seeds" in t for t in tables)  # one row per setting, n stated
+    assert any("its one run (no sd)" in t for t in tables)  # one row per setting, n stated
 
 
 @pytest.mark.slow

@@ -410,7 +410,8 @@ def test_detection_figures_render():
     assert len([ax for ax in fig.axes if ax.get_visible() and ax.axison]) == 6  # 3 attacks × (vs clip, vs noise)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "3/3" in texts and "0/3" in texts  # detection rates over the 3 seeds
-    assert all(ax.get_title().endswith("(vanilla 3/3)") for ax in fig.axes if ax.axison and ax.get_title())
+    titles = [ax.get_title().replace("\n", " ") for ax in fig.axes if ax.axison and ax.get_title()]
+    assert len(titles) == 6 and all(t.startswith("attack: ") and t.endswith("(vanilla 3/3)") for t in titles)
     _assert_drawn(fig)
     fig = nc_asr_before_after(runs)
     assert len(fig.axes) == 6  # (asr, clean_acc) × 3 attacks

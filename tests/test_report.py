@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,10 +70,11 @@ def test_summary_has_one_row_per_setting_with_n_and_sd_over_seeds(hong4, tmp_pat
     table = [line for line in summary.splitlines() if line.startswith("| ") and "clean_acc" not in line]
     rows = [line.split(" | ") for line in table if line.count("|") >= 5]
     assert len(rows) == 50  # 10 ratios × 5 clips, seeds averaged
-    assert "| defense | attack.poison_ratio | n | clean_acc | rad |" in summary  # seed is what is averaged
+    assert "| attack.poison_ratio | defense | n | clean_acc | rad | ε |" in summary  # seed is what is averaged
     cell = truth[(truth["ratio"] == 0.3) & (truth["clip"] == 2.0)]["rad"]
-    expected = f"| DP clip=2 noise=0 | 0.3 | 3 | {0.95 * (1 - cell).mean():.3f} ± {0.95 * cell.std(ddof=1):.3f} | "
-    assert expected + f"{cell.mean():.3f} ± {cell.std(ddof=1):.3f} |" in summary
+    acc, sd = f"{0.95 * (1 - cell).mean():.3g}", f"{0.95 * cell.std(ddof=1):.2g}"
+    expected = f"| 0.3 | DP clip=2 noise=0 | 3 | {acc} ± {sd} | {cell.mean():.3g} ± {cell.std(ddof=1):.2g} | ∞ |"
+    assert expected in summary  # 3 significant digits, sd 2; σ = 0: ε = ∞
     assert (out / "rad_vs_poison_ratio.png").stat().st_size > 10_000
     # privacy_tradeoff names the cause: σ = 0 runs have no finite ε.
     assert "privacy_tradeoff: no run has a finite ε (150 DP runs have σ = 0" in summary
@@ -184,3 +186,89 @@ def test_sweep_summary_never_crashes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 1 and "2 failed" in err and "disk on fire" in err and "Traceback" not in err
     code, err = _summary(tmp_path / "no-such-sweep", capsys)
     assert code == 1 and "no runs" in err
+
+
+def _nc_sweep(sweep: Path, *, seeds: int = 2) -> None:
+    """Run folders of preset nc_vs_dp on digits (MLP): 3 attacks × C 0.1, 1, 4 × σ 0, 0.5, 2, and vanilla."""
+    rng = np.random.default_rng(3)
+    job = 0
+    for attack in ("badnets", "blend", "narcissus"):
+        common = ("+experiment=nc_vs_dp", "dataset=digits", "model=mlp", f"attack={attack}")
+        vanilla = compose_cfg(*common, "dp=none", "~dp.clip", "~dp.noise")
+        settings = [(vanilla, None, None)] + [(compose_cfg(*common), c, s) for c in (0.1, 1, 4) for s in (0, 0.5, 2)]
+        for (cfg, clip, noise), seed in ((x, s) for x in settings for s in range(seeds)):
+            cfg = cfg.copy()
+            cfg.seed = seed
+            if clip is not None:
+                cfg.dp.clip, cfg.dp.noise = clip, noise
+            index = float(rng.normal(2, 1))
+            metrics = {
+                "clean_acc": 0.9 + rng.normal(0, 0.01), "asr": 0.8 + rng.normal(0, 0.01), "rad": 1 / 3,
+                "epsilon": None if not noise else 1.0 / noise, "nc_detected": index > 2,
+                "nc_target_anomaly_index": index, "asr_after": 0.1, "clean_acc_after": 0.88, "train_loss": 0.5,
+                "warnings": ["train loss rose for 2 epochs in a row (1 → 1.5 → 2.1)"] if job == 3 else [],
+            }  # fmt: skip
+            write_run(sweep / str(job), cfg, **metrics)
+            job += 1
+
+
+def test_summary_of_nc_vs_dp_leads_with_the_setup_and_the_detector_results(tmp_path: Path) -> None:
+    sweep = tmp_path / "nc"
+    _nc_sweep(sweep)
+    out = tmp_path / "report"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-W", "error::DeprecationWarning", "-m", "gsdefense.report", str(sweep), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    headings = [line for line in summary.splitlines() if line.startswith("## ")]
+    assert headings[:4] == ["## Setup", "## Results", "## Warnings", "## Runs by status"]
+    setup = summary.split("## Setup")[1].split("## Results")[0]
+    expected = (
+        "- dataset: digits",
+        "- model: mlp",
+        "- schedule: sgd, lr 0.05, momentum 0.9, batch 64, epochs 20",
+        "- attack: badnets (poison ratio 10%); blend (poison ratio 10%); narcissus (poison ratio 1%)",
+        "- detector: neural_cleanse (mitigation unlearn",
+        "- defense: vanilla (no DP); dpsgd at C 0.1, 1, 4 × σ 0, 0.5, 2",
+    )
+    for line in expected:
+        assert line in setup, (line, setup)
+    table = summary.split("## Results")[1].split("## Warnings")[0]
+    header = (
+        "| attack | defense | n | clean_acc | asr | rad | ε | detected | anomaly index | asr_after | clean_acc_after |"
+    )
+    assert header in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line != header]
+    assert len(rows) == 3 * 10  # attacks × (vanilla + 9 DP settings); 18 columns of settings before
+    assert rows[0].startswith("| badnets | vanilla | 2 |") and "| – |" in rows[0]  # vanilla first; ε – (no DP)
+    assert rows[1].startswith("| badnets | DP clip=0.1 noise=0 | 2 |") and "| ∞ |" in rows[1]
+    assert "| 0.333 |" in rows[0]  # RAD 1/3: 3 significant digits, no sd when the seeds agree
+    cells = [c.strip() for row in rows for c in row.strip("|").split("|")]
+    assert all(len(c.split(" ± ")[0]) <= 7 for c in cells if c[:1].isdigit() or c[:1] == "-")  # nothing unrounded
+    assert not any(c.endswith(".0") for c in cells)  # integers as integers
+    assert all(re.fullmatch(r"\d/2", row.split("|")[8].strip()) for row in rows)  # detected: flagged / runs
+    assert "train loss rose for 2 epochs in a row" in summary.split("## Warnings")[1]
+    assert "Pandas4Warning" not in proc.stderr and "DeprecationWarning" not in proc.stderr
+
+
+def test_a_sweep_over_datasets_with_class_lists_and_nulls_reports_without_a_warning(tmp_path: Path) -> None:
+    """dataset.classes holds [3, 4] (FashionMNIST-3/4) and null (digits): the report groups and tabulates it with
+    DeprecationWarnings (pandas' Pandas4Warning among them) as errors, and each panel names its dataset."""
+    sweep = tmp_path / "mixed"
+    job = 0
+    for dataset in ("fashion_mnist_3_4", "digits"):
+        for clip, seed in ((c, s) for c in (1.0, 4.0) for s in (0, 1)):
+            cfg = compose_cfg(f"dataset={dataset}", "attack=badnets", f"dp.clip={clip}", f"seed={seed}")
+            write_run(sweep / str(job), cfg, clean_acc=0.9 - 0.01 * clip, asr=0.5, rad=0.01 * clip, epsilon=1.0)
+            job += 1
+    out = tmp_path / "report"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-W", "error::DeprecationWarning", "-m", "gsdefense.report", str(sweep), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert "- dataset: digits, fashion_mnist" in summary  # FashionMNIST-3/4 is fashion_mnist with classes [3, 4]
+    assert "| dataset | defense | n |" in summary  # classes follow from the dataset: no column of their own
+    assert (out / "asr_rad_vs_dp.png").exists() and "skipped asr_rad_vs_dp" not in proc.stdout
+    assert pd.read_csv(out / "runs.csv")["dataset.classes"].fillna("").tolist().count("(3, 4)") == 4

@@ -4,6 +4,7 @@ and tick labels thinned until none overlaps."""
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -79,6 +80,20 @@ def grid_axis(ax: plt.Axes, values: Iterable[float], *, percent: bool = False) -
     if categorical:
         ax.set_xlim(-0.5, len(vals) - 0.5)
     return pos, categorical
+
+
+def panel_title(ax: plt.Axes, text: str, *, fontsize: float = 10, **kwargs: Any) -> None:
+    """A panel title wrapped to the panel's width (≈ 13 characters per inch at 10 pt), never into its neighbour."""
+    width = ax.get_position().width * ax.figure.get_figwidth()
+    chars = max(20, int(width * 13 * 10 / fontsize))
+    ax.set_title("\n".join(textwrap.fill(part, chars) for part in text.split("\n")), fontsize=fontsize, **kwargs)
+
+
+def empty_panel(ax: plt.Axes, text: str) -> None:
+    """A panel with nothing to draw says why, in grey, instead of showing an empty frame."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, textwrap.fill(text, 40), ha="center", va="center", fontsize=9, color="0.4",
+            transform=ax.transAxes)  # fmt: skip
 
 
 def dodge(index: int, count: int, width: float) -> float:

@@ -12,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from gsdefense.analysis import add_defense, setting_columns
+from gsdefense.analysis import add_defense
 
 F = TypeVar("F", bound=Callable[..., Figure])
 VANILLA = "vanilla"
@@ -57,7 +57,8 @@ def label(column: str) -> str:
 
 
 def short(column: str) -> str:
-    return SHORT.get(column, column)
+    """A facet title's name for a setting: ``attack``, ``C``, or the last part of its dotted name."""
+    return SHORT.get(column, column.rsplit(".", 1)[-1])
 
 
 def fmt(value: float) -> str:
@@ -104,7 +105,7 @@ def ok_runs(df: pd.DataFrame, *, figure: str) -> pd.DataFrame:
         df = df[df["status"] == "ok"]
     if df.empty:
         raise ValueError(f"{figure}: no runs with status ok")
-    return df if "defense" in df.columns else add_defense(df)
+    return hashable(df if "defense" in df.columns else add_defense(df))
 
 
 def split_defense(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -145,69 +146,15 @@ def spread_note(n: Iterable[int], *, sd: bool = True) -> str:
     return f"mean{' ± sd' if sd else ''} over {lo if lo == hi else f'{lo}–{hi}'} seeds"
 
 
-def context(df: pd.DataFrame, keys: Sequence[str]) -> str:
-    """``attack: label_flip`` when the figure has one attack and no panel says so."""
-    if "attack.name" in keys or "attack.name" not in df.columns or df["attack.name"].nunique() != 1:
-        return ""
-    return f"attack: {df['attack.name'].iloc[0]}"
-
-
-def _determined(df: pd.DataFrame, key: str, others: Sequence[str]) -> bool:
-    # A key that follows from the others (attack.mode from attack.name) adds nothing to a facet title.
-    if not others:
-        return False
-    return bool(df.groupby(list(others), dropna=False)[key].nunique(dropna=False).max() <= 1)
-
-
-def facets(df: pd.DataFrame, used: Iterable[str], *, limit: int = 4) -> tuple[list[str], list[str]]:
-    """(facet keys, pooled keys): settings varying in ``df`` that ``used`` does not plot.
-
-    They become panels when they form at most ``limit`` combinations; otherwise only ``attack.name`` does and the
-    rest is averaged over (and must be named in the figure).
-    """
-    used = set(used) | set(DP_KEYS) | {"defense"}
-    keys = [c for c in setting_columns(df, varying=True) if c not in used]
-    plotted = [c for c in used if c in df.columns]
-    for key in list(keys):
-        # dp.delta of vanilla runs is empty: it follows from dp.name, which the lines already show.
-        if _determined(df, key, [*plotted, *(k for k in keys if k != key)]):
-            keys.remove(key)
-    if not keys or len(df[keys].drop_duplicates()) <= limit:
-        return keys, []
-    first = [k for k in keys if k == "attack.name"]
-    return first, [k for k in keys if k not in first]
-
-
-def slice_rest(df: pd.DataFrame, rest: Sequence[str]) -> tuple[pd.DataFrame, str]:
-    """Fix each setting of ``rest`` at one value instead of averaging over it; returns (rows, ``at …`` note).
-
-    The poison ratio is fixed at its largest value (the strongest attack, as Hong et al. Figs. 4c/f use 40 %),
-    anything else at its most common value (ties: the first in sort order).
-    """
-    notes = []
-    for key in rest:
-        values = df[key]
-        if key == "attack.poison_ratio":
-            value = values.max()
-            shown = pct(value)
-        else:
-            counts = values.value_counts(dropna=False, sort=False).sort_index()
-            value = counts.idxmax()
-            shown = str(value)
-        df = df[values.isna()] if pd.isna(value) else df[values == value]
-        notes.append(f"{short(key)} = {shown}")
-    return df, ("at " + ", ".join(notes)) if notes else ""
-
-
-def facet_groups(df: pd.DataFrame, keys: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
-    """(title, rows) per combination of ``keys``; one untitled group without keys."""
-    if not keys:
-        return [("", df)]
-    out = []
-    for values, part in df.groupby(list(keys), dropna=False, sort=True):
-        values = values if isinstance(values, tuple) else (values,)
-        shown = [f"{short(k)}: {v}" for k, v in zip(keys, values, strict=True) if not pd.isna(v)]
-        out.append((", ".join(shown), part))
+def hashable(df: pd.DataFrame) -> pd.DataFrame:
+    """Lists in object columns (``dataset.classes`` from a frame built by hand or read back from Parquet) become
+    tuples, so that they can be grouped and compared like any other setting."""
+    out = df
+    for col in df.columns:
+        if df[col].dtype == object and df[col].map(lambda v: isinstance(v, list | np.ndarray)).any():
+            if out is df:
+                out = df.copy()
+            out[col] = df[col].map(lambda v: tuple(v) if isinstance(v, list | np.ndarray) else v)
     return out
 
 
@@ -237,4 +184,6 @@ def defense_order(levels: Iterable[str]) -> list[str]:
 def title(fig: Figure, text: str, *notes: str) -> None:
     """The figure title, and below it, in one wrapped line, what the reader must know (slices, n, averaging)."""
     note = "; ".join(n for n in notes if n)
-    fig.suptitle(text + ("\n" + "\n".join(textwrap.wrap(f"({note})", 100)) if note else ""), fontsize=11)
+    # Wrapped to the figure's width (≈ 11 characters per inch at 11 pt), at most 110 characters a line.
+    chars = max(40, min(110, int(fig.get_figwidth() * 11)))
+    fig.suptitle(text + ("\n" + "\n".join(textwrap.wrap(f"({note})", chars)) if note else ""), fontsize=11)

@@ -16,11 +16,24 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from gsdefense.analysis import setting_columns
-from gsdefense.plots._common import VANILLA, defense_order, fmt, label, ok_runs, require, split_defense, styled, title
+from gsdefense.plots._axes import panel_title
+from gsdefense.plots._common import (
+    VANILLA,
+    defense_order,
+    fmt,
+    label,
+    ok_runs,
+    require,
+    split_defense,
+    styled,
+    title,
+)
+from gsdefense.plots._facets import context, facet_panels, facets, vanilla_note
 
 INDEX = "nc_target_anomaly_index"
 DETECTED = "nc_detected"
 THRESHOLD = "detector.anomaly_threshold"
+SYMBOL = {"dp.clip": "C", "dp.noise": "σ"}
 
 
 def _threshold(df: pd.DataFrame) -> float:
@@ -72,11 +85,12 @@ def _rate(detected: pd.Series) -> str:
 
 @styled
 def nc_anomaly_vs_dp(runs: pd.DataFrame) -> Figure:
-    """The target label's anomaly index vs clip (at the smallest noise) and vs noise (at one clip), per attack.
+    """The target label's anomaly index vs clip (at the smallest noise) and vs noise (at one clip), one row per
+    attack (and dataset and model, when they vary).
 
     Dots are seeds, the line their mean; the label above each x is the detection rate (target flagged / seeds).
-    The dashed black line is the attack without DP (its detection rate in the panel title), the dotted grey line
-    the flagging threshold.
+    The dashed black line is the attack without DP (its detection rate in the panel title) when the sweep has
+    such runs, the dotted grey line the flagging threshold.
     """
     name = "nc_anomaly_vs_dp"
     df = ok_runs(runs, figure=name)
@@ -86,42 +100,46 @@ def nc_anomaly_vs_dp(runs: pd.DataFrame) -> Figure:
     vanilla, dp = split_defense(df)
     if dp.empty:
         raise ValueError(f"{name}: no DP runs with dp.clip, dp.noise and {INDEX}")
-    slices = _slices(dp)
-    if not slices:
+    if not _slices(dp):
         raise ValueError(f"{name}: needs ≥2 dp.clip values at one noise, or ≥2 dp.noise values at one clip")
     threshold = _threshold(df)
-    attacks = sorted(dp["attack.name"].unique())
-    fig, axes = plt.subplots(len(attacks), len(slices), figsize=(4.6 * len(slices), 3.2 * len(attacks)),
-                             squeeze=False, sharey=True)  # fmt: skip
-    for row, attack in enumerate(attacks):
-        ref = vanilla[vanilla["attack.name"] == attack]
-        for col, (x, data, where) in enumerate(slices):
+    keys, rest = facets(df, [])
+    groups, at, df = facet_panels(df, keys, rest)
+    ncols = max(len(_slices(split_defense(part)[1])) for _, part in groups)
+    fig, axes = plt.subplots(len(groups), ncols, figsize=(4.6 * ncols, 3.2 * len(groups)), squeeze=False,
+                             sharey=True)  # fmt: skip
+    for row, (group, part) in enumerate(groups):
+        ref, part_dp = split_defense(part)
+        slices = _slices(part_dp) if not part_dp.empty else []
+        for col in range(ncols):
             ax = axes[row][col]
-            data = data[data["attack.name"] == attack]
-            if data.empty:
+            if col >= len(slices):
                 ax.set_axis_off()
                 continue
+            x, data, where = slices[col]
             ax.scatter(data[x], data[INDEX], s=18, alpha=0.45, color="tab:blue", zorder=2)
             means = data.groupby(x)[INDEX].mean()
             ax.plot(means.index, means.values, marker="o", color="tab:blue", zorder=3)
-            for value, part in data.groupby(x):
-                ax.annotate(_rate(part[DETECTED]) if DETECTED in part else "", (value, part[INDEX].max()),
+            for value, rows in data.groupby(x):
+                ax.annotate(_rate(rows[DETECTED]) if DETECTED in rows else "", (value, rows[INDEX].max()),
                             textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)  # fmt: skip
             if not ref.empty:
                 ax.axhline(ref[INDEX].mean(), color="black", linestyle="--", linewidth=1)
             ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
             _grid_axis(ax, data[x])
             vanilla_rate = f" (vanilla {_rate(ref[DETECTED])})" if not ref.empty and DETECTED in ref else ""
-            ax.set(xlabel=label(x), ylabel="target anomaly index" if col == 0 else "",
-                   title=f"{attack}: vs {label(x)} at {where}{vanilla_rate}")  # fmt: skip
-    handles = [
-        Line2D([], [], color="tab:blue", marker="o", label="mean over seeds (dots: seeds)"),
-        Line2D([], [], color="black", linestyle="--", label="vanilla (no DP)"),
-        Line2D([], [], color="grey", linestyle=":", label=f"flag threshold {fmt(threshold)}"),
-    ]
+            panel = f"{group}: " if group else ""
+            ax.set(xlabel=label(x), ylabel="target anomaly index" if col == 0 else "")
+            panel_title(ax, f"{panel}vs {SYMBOL[x]} at {where}{vanilla_rate}")
+    handles = [Line2D([], [], color="tab:blue", marker="o", label="mean over seeds (dots: seeds)")]
+    if not vanilla.empty:
+        handles.append(Line2D([], [], color="black", linestyle="--", label="vanilla (no DP)"))
+    handles.append(Line2D([], [], color="grey", linestyle=":", label=f"flag threshold {fmt(threshold)}"))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
-    title(fig, "Neural Cleanse: anomaly index of the backdoor target under DP-SGD",
-          "labels: detection rate, target flagged / seeds", _pooled(df, ["attack.name", "defense"]))  # fmt: skip
+    notes = ", ".join(n for n in (context(df, keys), at) if n)
+    title(fig, "Neural Cleanse: anomaly index of the backdoor target under DP-SGD", notes,
+          "labels: detection rate, target flagged / seeds", vanilla_note(groups),
+          _pooled(df, [*keys, "defense"]))  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -145,33 +163,34 @@ def nc_asr_before_after(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", 
     metrics = [m for m in metrics if m in df.columns and f"{m}_after" in df.columns and df[f"{m}_after"].notna().any()]
     if not metrics:
         raise ValueError(f"{name}: no metric has both a before and an after value")
-    frames = [
-        df[["attack.name", "defense", column]].rename(columns={column: "value"}).assign(metric=metric, stage=stage)
-        for metric in metrics
-        for stage, column in (("before", metric), ("after repair", f"{metric}_after"))
-    ]
-    long = pd.concat(frames, ignore_index=True).dropna(subset=["value"])
-    attacks = sorted(long["attack.name"].unique())
-    order = defense_order(long["defense"])
+    keys, rest = facets(df, [])
+    groups, at, df = facet_panels(df, keys, rest)
+    order = defense_order(df["defense"])
     width = max(4.0, 0.55 * len(order) + 1.5)
     colors = dict(zip(["before", "after repair"], sns.color_palette("Paired", 2), strict=True))
-    fig, axes = plt.subplots(len(attacks), len(metrics), figsize=(width * len(metrics), 3.6 * len(attacks)),
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(width * len(metrics), 3.6 * len(groups)),
                              squeeze=False)  # fmt: skip
-    for row, attack in enumerate(attacks):
+    for row, (group, rows) in enumerate(groups):
         for col, metric in enumerate(metrics):
             ax = axes[row][col]
-            part = long[(long["attack.name"] == attack) & (long["metric"] == metric)]
+            part = pd.concat(
+                [rows[["defense"]].assign(value=rows[column], stage=stage)
+                 for stage, column in (("before", metric), ("after repair", f"{metric}_after"))],
+                ignore_index=True,
+            ).dropna(subset=["value"])  # fmt: skip
             sns.barplot(data=part, x="defense", y="value", hue="stage", hue_order=["before", "after repair"],
                         order=[o for o in order if o in set(part["defense"])], errorbar="sd", palette=colors,
                         legend=False, ax=ax)  # fmt: skip
-            ax.set(xlabel="", ylabel=label(metric), ylim=(0, 1.05), title=f"attack: {attack}")
+            ax.set(xlabel="", ylabel=label(metric), ylim=(0, 1.05))
+            panel_title(ax, group)
             ax.tick_params(axis="x", rotation=45)
             for tick in ax.get_xticklabels():
                 tick.set_horizontalalignment("right")
                 tick.set_fontweight("bold" if tick.get_text() == VANILLA else "normal")
     handles = [Patch(color=color, label=stage) for stage, color in colors.items()]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
-    pooled = _pooled(df, ["attack.name", "defense"])
-    title(fig, "Neural Cleanse repair: before vs after", "mean ± sd over seeds", pooled)
+    pooled = _pooled(df, [*keys, "defense"])
+    title(fig, "Neural Cleanse repair: before vs after", ", ".join(n for n in (context(df, keys), at) if n),
+          "mean ± sd over seeds", pooled)  # fmt: skip
     fig.tight_layout()
     return fig

@@ -11,22 +11,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from gsdefense.plots._axes import MARKERS, declutter, dodge, line_colors, metric_limits, outside_legend
+from gsdefense.plots._axes import MARKERS, declutter, dodge, line_colors, metric_limits, outside_legend, panel_title
 from gsdefense.plots._common import (
-    context,
-    facet_groups,
-    facets,
     fmt,
     label,
     ok_runs,
     require,
     seed_stats,
-    slice_rest,
     split_defense,
     spread_note,
     styled,
     title,
 )
+from gsdefense.plots._facets import context, facet_panels, facets
 
 INF = "∞"
 
@@ -89,10 +86,11 @@ def privacy_tradeoff(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "ra
         raise ValueError(f"{name}: the runs with an ε have none of asr, rad, clean_acc")
     data = pd.concat([vanilla, infinite.assign(epsilon=np.inf), finite], ignore_index=True)
     keys, rest = facets(data, [])
-    data, at = slice_rest(data, rest)
-    groups = facet_groups(data, keys)
+    groups, at, data = facet_panels(data, keys, rest)
     finite_eps = pd.to_numeric(data["epsilon"], errors="coerce")
     finite_eps = finite_eps[np.isfinite(finite_eps)].to_numpy()
+    if not len(finite_eps):
+        raise ValueError(f"{name}: no run with a finite ε {at or 'among the runs shown'}")
     log = finite_eps.max() / finite_eps.min() > 3
     x_inf = finite_eps.max() * (10 ** max(0.5, 0.15 * np.log10(finite_eps.max() / finite_eps.min())) if log else 1)
     if not log:
@@ -133,7 +131,8 @@ def privacy_tradeoff(runs: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "ra
                 values += [mean - sd, mean + sd]
             _x_axis(ax, finite_eps, x_inf, log=log)
             metric_limits(ax, metric, values)
-            ax.set(xlabel=label("epsilon") + " (privacy spent)", ylabel=label(metric), title=group)
+            ax.set(xlabel=label("epsilon") + " (privacy spent)", ylabel=label(metric))
+            panel_title(ax, group)
     fixed = [f"{k} = {fmt(v[0])}" for k, v in (("C", clips), ("σ", sigmas)) if len(v) == 1]
     at = ", ".join(n for n in (context(data, keys), *fixed, at) if n)
     title(fig, "Privacy–robustness–utility trade-off", at, _excluded(unknown), spread_note(counts))

@@ -16,34 +16,35 @@ from matplotlib.lines import Line2D
 from gsdefense.plots._axes import (
     declutter,
     dodge,
+    empty_panel,
     grid_axis,
     line_colors,
     line_markers,
     metric_limits,
     outside_legend,
+    panel_title,
     value_axis,
 )
 from gsdefense.plots._common import (
     VANILLA,
-    context,
     dp_line_label,
-    facet_groups,
-    facets,
     fmt,
     label,
     ok_runs,
+    pct,
     present_metrics,
     rad_metric,
     require,
     seed_stats,
-    slice_rest,
     split_defense,
     spread_note,
     styled,
     title,
 )
+from gsdefense.plots._facets import IDENTITY, context, facet_panels, facets, vanilla_note
 
 MAX_LINES = 8  # more DP settings than this in one panel: one panel per σ
+DODGE = 0.2  # the sideways spread of a panel's error bars at one x, as a share of the gap between two x values
 
 
 def _lines(vanilla: pd.DataFrame, dp: pd.DataFrame, *, clip_only: bool) -> tuple[pd.DataFrame, bool, str]:
@@ -95,27 +96,26 @@ def rad_vs_poison_ratio(runs: pd.DataFrame, *, metric: str | None = None) -> Fig
     metric = metric or rad_metric(df)  # None: the runs' rad_definition
     require(df, ["attack.poison_ratio", metric], figure=name)
     df = df.dropna(subset=[metric, "attack.poison_ratio"])
-    if df["attack.poison_ratio"].nunique() < 2:
-        raise ValueError(f"{name}: needs ≥2 attack.poison_ratio values with a {metric}; the ok runs have fewer")
+    _require_ratio_sweep(df, figure=name, metric=metric)
     vanilla, dp = split_defense(df)
     split_sigma = dp[["dp.clip", "dp.noise"]].drop_duplicates().shape[0] > MAX_LINES
     data, ordered, common = _lines(vanilla, dp, clip_only=split_sigma)
     keys, rest = facets(data, ["attack.poison_ratio"])
-    data, at = slice_rest(data, rest)
-    groups = facet_groups(data, keys)
+    groups, at, data = facet_panels(data, keys, rest)
     groups = _by_sigma(groups) if split_sigma else groups
     levels = sorted(data["line"].unique(), key=lambda lv: (lv != VANILLA, _numbers(lv)))
     colors, markers = line_colors(levels, ordered=ordered), line_markers(levels)
     fig, axes = _panels(len(groups), width=4.4, height=3.4)
     counts, values = [], []
     for ax, (panel, part) in zip(axes, groups, strict=True):
-        pos, categorical = grid_axis(ax, data["attack.poison_ratio"], percent=True)
-        step = 1.0 if categorical else min(b - a for a, b in zip(sorted(pos), sorted(pos)[1:]))
+        pos, categorical = grid_axis(ax, part["attack.poison_ratio"], percent=True)
+        step = 1.0 if categorical or len(pos) < 2 else min(b - a for a, b in zip(sorted(pos), sorted(pos)[1:]))
         for i, level in enumerate(levels):
             stats = seed_stats(part[part["line"] == level], ["attack.poison_ratio"], metric)
             if stats.empty:
                 continue
-            x = stats["attack.poison_ratio"].map(pos) + dodge(i, len(levels), 0.45 * step)
+            # Error bars side by side, all within a fifth of the gap between two ratios: never read as another ratio.
+            x = stats["attack.poison_ratio"].map(pos) + dodge(i, len(levels), DODGE * step)
             sd = stats["sd"].fillna(0)
             ax.errorbar(
                 x, stats["mean"], yerr=sd, color=colors[level], marker=markers[level], markersize=4.5, linewidth=1.4,
@@ -123,7 +123,7 @@ def rad_vs_poison_ratio(runs: pd.DataFrame, *, metric: str | None = None) -> Fig
             )  # fmt: skip
             counts += list(stats["n"])
             values += [*(stats["mean"] - sd), *(stats["mean"] + sd)]
-        ax.set_title(panel, fontsize=10)
+        panel_title(ax, panel)
         ax.set_xlabel(label("attack.poison_ratio") + (" (not to scale)" if categorical else ""))
         ax.set_ylabel(label(metric))
     for ax in axes:
@@ -135,8 +135,22 @@ def rad_vs_poison_ratio(runs: pd.DataFrame, *, metric: str | None = None) -> Fig
     outside_legend(fig, handles, title="clip norm" if common.startswith("σ") else "setting")
     dp_note = f"DP-SGD at {common}" if common else ""
     notes = (context(data, keys), dp_note, at)
-    title(fig, f"{label(metric)} vs poison ratio", ", ".join(n for n in notes if n), spread_note(counts))
+    title(fig, f"{label(metric)} vs poison ratio", ", ".join(n for n in notes if n), spread_note(counts),
+          vanilla_note(groups))  # fmt: skip
     return declutter(fig)
+
+
+def _require_ratio_sweep(df: pd.DataFrame, *, figure: str, metric: str) -> None:
+    """A line needs ≥2 poison ratios of one attack (dataset, model): say which ratio each one ran at otherwise."""
+    keys = [k for k in IDENTITY if k in df.columns]
+    counts = df.groupby(keys, dropna=False)["attack.poison_ratio"].nunique() if keys else df["attack.poison_ratio"]
+    if (counts.max() if keys else counts.nunique()) >= 2:
+        return
+    if "attack.name" in df.columns and df["attack.name"].nunique() > 1:
+        ran = df.groupby("attack.name")["attack.poison_ratio"].agg(lambda v: "/".join(pct(x) for x in sorted(set(v))))
+        at = ", ".join(f"{attack} {ratios}" for attack, ratios in ran.items())
+        raise ValueError(f"{figure}: each attack ran at one poison ratio ({at}); sweep attack.poison_ratio to draw it")
+    raise ValueError(f"{figure}: needs ≥2 attack.poison_ratio values with a {metric}; the ok runs have fewer")
 
 
 def _numbers(level: str) -> list[float]:
@@ -170,20 +184,36 @@ def asr_rad_vs_dp(runs: pd.DataFrame, *, metrics: Sequence[str] | None = None) -
         raise ValueError(f"{name}: needs ≥2 dp.clip values at one noise, or ≥2 dp.noise values at one clip")
     data = pd.concat([vanilla, dp], ignore_index=True)
     keys, rest = facets(data, [])
-    data, at = slice_rest(data, rest)
-    rows = [(group, metric) for group in facet_groups(data, keys) for metric in metrics]
+    groups, at, data = facet_panels(data, keys, rest)
+    # A row per attack (dataset, model) and metric it has: label flipping has no ASR.
+    rows = [(g, m) for g in groups for m in metrics if m in g[1] and split_defense(g[1])[1][m].notna().any()]
     fig, axes = plt.subplots(
         len(rows), len(panels), figsize=(4.6 * len(panels) + 1.6, 2.9 * len(rows)), squeeze=False, layout="constrained"
     )
-    counts = []
+    counts, legends = [], set()
     for r, ((group, part), metric) in enumerate(rows):
         part_vanilla, part_dp = split_defense(part)
         ref = pd.to_numeric(part_vanilla[metric], errors="coerce").mean() if metric in part_vanilla else float("nan")
         for c, (x, line) in enumerate(panels):
-            counts += _dp_panel(axes[r][c], part_dp, x=x, line=line, metric=metric, ref=ref, group=group, legend=r == 0)
+            ax = axes[r][c]
+            if not (part_dp.groupby(line)[x].nunique() >= 2).any():
+                _no_sweep(ax, part_dp, x=x, group=group)
+                continue
+            # A legend wherever the lines' values differ from those of a legend above (another attack's grid).
+            key = (c, tuple(sorted(part_dp[line].unique())))
+            counts += _dp_panel(ax, part_dp, x=x, line=line, metric=metric, ref=ref, group=group,
+                                legend=key not in legends)  # fmt: skip
+            legends.add(key)
+    dashed = "dashed: vanilla (no DP)" if not vanilla.empty else ""
     title(fig, "Attack success and RAD under DP-SGD", ", ".join(n for n in (context(data, keys), at) if n),
-          spread_note(counts))  # fmt: skip
+          spread_note(counts), dashed, vanilla_note(groups))  # fmt: skip
     return declutter(fig)
+
+
+def _no_sweep(ax: plt.Axes, dp: pd.DataFrame, *, x: str, group: str) -> None:
+    """An empty panel that says why: this attack (dataset, model) ran at one value of ``x``."""
+    values = ", ".join(fmt(v) for v in sorted(dp[x].unique()))
+    empty_panel(ax, f"{group + ': ' if group else ''}one {label(x)} ({values}): nothing to draw")
 
 
 def _dp_panel(
@@ -212,7 +242,7 @@ def _dp_panel(
     metric_limits(ax, metric, values)
     ax.set(xlabel=label(x), ylabel=label(metric))
     one = f"{symbol} = {fmt(levels[0])}" if len(levels) == 1 else ""
-    ax.set_title(", ".join(t for t in (group, one) if t), fontsize=10)
+    panel_title(ax, ", ".join(t for t in (group, one) if t))
     if legend and len(handles) > 1:
         ax.legend(handles=handles, title=symbol if len(levels) > 1 else None, loc="upper left",
                   bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8, title_fontsize=9)  # fmt: skip

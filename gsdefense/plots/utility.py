@@ -8,22 +8,19 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from gsdefense.plots._axes import MIN_SPAN, declutter
+from gsdefense.plots._axes import MIN_SPAN, declutter, panel_title
 from gsdefense.plots._common import (
-    context,
-    facet_groups,
-    facets,
     fmt,
     label,
     ok_runs,
     require,
     seed_stats,
-    slice_rest,
     split_defense,
     spread_note,
     styled,
     title,
 )
+from gsdefense.plots._facets import context, facet_panels, facets
 
 
 def _color_range(values: pd.Series) -> tuple[float, float]:
@@ -50,8 +47,7 @@ def utility_heatmap(runs: pd.DataFrame, *, metric: str = "clean_acc") -> Figure:
         raise ValueError(f"{name}: needs ≥2 (dp.clip, dp.noise) settings with a {metric}")
     data = pd.concat([vanilla, dp], ignore_index=True)
     keys, rest = facets(data, [])
-    data, at = slice_rest(data, rest)
-    groups = facet_groups(data, keys)
+    groups, at, data = facet_panels(data, keys, rest)
     vmin, vmax = _color_range(split_defense(data)[1][metric])
     n_noise, n_clip = dp["dp.noise"].nunique(), dp["dp.clip"].nunique()
     width, height = 0.75 * n_clip + 1.6, 0.42 * n_noise + 1.5
@@ -72,7 +68,7 @@ def utility_heatmap(runs: pd.DataFrame, *, metric: str = "clean_acc") -> Figure:
         ax.set_yticklabels([fmt(float(v)) for v in cells.index], rotation=0)
         ax.set(xlabel=label("dp.clip"), ylabel=label("dp.noise"))
         ref = pd.to_numeric(part_vanilla[metric], errors="coerce").mean() if not part_vanilla.empty else np.nan
-        ax.set_title("\n".join(t for t in (group, f"vanilla {ref:.2f}" if np.isfinite(ref) else "") if t), fontsize=10)
+        panel_title(ax, "\n".join(t for t in (group, f"vanilla {ref:.2f}" if np.isfinite(ref) else "") if t))
     title(fig, f"Utility: {label(metric)} over clip × noise", ", ".join(n for n in (context(data, keys), at) if n),
           spread_note(counts, sd=False))  # fmt: skip
     return declutter(fig)

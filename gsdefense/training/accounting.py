@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -15,8 +17,13 @@ from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-# Opacus repeats this for every ε of a large-σ run; the first occurrence says it all.
-warnings.filterwarnings("once", message="Optimal order is the")
+log = logging.getLogger(__name__)
+
+# Opacus warns on every ε whose optimal RDP order is an end of its α grid. A "once" filter does not hold in a
+# multirun: Python forgets which warnings it showed whenever any code changes the filters (every catch_warnings
+# does), so it printed once per job. Silenced here; rdp_epsilon says it once per process instead.
+warnings.filterwarnings("ignore", message="Optimal order is the")
+_noted_extreme_order = False
 
 
 @dataclass
@@ -53,6 +60,26 @@ def rdp_epsilon(history: list, *, delta: float) -> float:
     """
     if not history:
         return 0.0
+    if any(sigma == 0 and steps > 0 for sigma, _, steps in history):
+        return math.inf  # a step without noise: RDP is infinite at every order (σ = 0, clipping only)
     rdp = sum([_rdp_one_step(q, sigma) * steps for sigma, q, steps in history])
-    eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    eps, order = rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+    if order in (orders[0], orders[-1]):
+        _note_extreme_order(order == orders[0])
     return float(eps)
+
+
+def _note_extreme_order(smallest: bool) -> None:
+    """Opacus' note that ε would be tighter with a wider α grid, once per process (not once per job)."""
+    global _noted_extreme_order
+    if _noted_extreme_order:
+        return
+    _noted_extreme_order = True
+    end, why = ("smallest", "very small σ or many steps") if smallest else ("largest", "very large σ")
+    log.warning(
+        "ε: the optimal RDP order is the %s α of Opacus' grid (%s), so ε is a valid but loose upper bound; "
+        "shown once per process",
+        end,
+        why,
+    )
