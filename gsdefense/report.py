@@ -146,7 +146,7 @@ def _tabular(df: pd.DataFrame) -> pd.DataFrame:
 def write_report(dirs: Sequence[Path], out: Path, *, rad: str = "auto") -> pd.DataFrame:
     """Load the runs of ``dirs`` and write every report file into ``out``; returns the runs frame.
 
-    ``rad``: which RAD the figures plot — ``auto`` (each sweep's ``rad_definition``), ``final`` or ``best``.
+    ``rad``: which RAD the figures plot — ``auto`` (each sweep's ``rad_definition``), ``final``, ``best`` or ``early_stop``.
     """
     runs = load_runs(dirs)
     if rad != "auto" and not runs.empty:
@@ -179,10 +179,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
     parser.add_argument(
         "--rad",
-        choices=("auto", "final", "best"),
+        choices=("auto", "final", "best", "early_stop"),
         default="auto",
-        help="RAD in the figures: final epochs (rad), best epochs as Hong's code (rad_best), or auto: what the "
-        "runs' rad_definition says (the Hong presets: best)",
+        help="RAD in the figures: final epochs (rad), best epochs (rad_best), Hong's code: best epochs floored at 0 "
+        "(rad_early_stop), or auto: what the runs' rad_definition says (the Hong Fig. 4 presets: early_stop)",
     )
     return parser
 

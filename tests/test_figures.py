@@ -555,3 +555,18 @@ def test_mixed_datasets_name_the_dataset_in_every_panel(spec: plots.FigureSpec, 
     assert titles and all("dataset: " in t for t in titles), titles
     assert any("classes 3, 4" in t or "classes: 3, 4" in t for t in titles), titles
     assert_readable(fig)
+
+
+@pytest.mark.parametrize(
+    "definition, column", [("final", "rad"), ("best", "rad_best"), ("early_stop", "rad_early_stop"), ("bogus", "rad")]
+)
+def test_figures_plot_the_rad_the_runs_ask_for(definition: str, column: str) -> None:
+    """``rad_definition`` picks the column; a mixed sweep, or one lacking that column, plots ``rad``."""
+    from gsdefense.plots._common import rad_metric
+
+    df = pd.DataFrame({"config.rad_definition": [definition] * 2, "rad": [0.1, 0.2], "rad_best": [0.0, -0.1],
+                       "rad_early_stop": [0.0, 0.0]})  # fmt: skip
+    assert rad_metric(df) == column
+    assert rad_metric(df.drop(columns=[column]) if column != "rad" else df) == "rad"
+    mixed = df.assign(**{"config.rad_definition": [definition, "final"]})
+    assert rad_metric(mixed) == "rad"

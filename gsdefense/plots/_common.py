@@ -24,7 +24,8 @@ LABELS = {
     "clean_acc": "clean accuracy",
     "asr": "attack success rate",
     "rad": "RAD (final epoch)",
-    "rad_best": "RAD (best epochs, Hong's code)",
+    "rad_best": "RAD (best epochs)",
+    "rad_early_stop": "RAD (Hong's code: best epochs, ≥ 0)",
     "rad_dp_matched": "RAD (DP-matched ref.)",
     "rad_dp_matched_best": "RAD (DP-matched ref., best epochs)",
     "train_loss": "train loss",
@@ -43,13 +44,19 @@ SHORT = {
 }
 
 
+#: ``rad_definition`` → the metrics.json column a figure plots
+RAD_COLUMNS = {"final": "rad", "best": "rad_best", "early_stop": "rad_early_stop"}
+
+
 def rad_metric(df: pd.DataFrame) -> str:
-    """The RAD a figure plots: ``rad_best`` when every run asks for it (``rad_definition: best``, the Hong
-    presets, as Hong's ``do_ipoisoning.py`` reports best epochs) and has it, else ``rad`` (final epochs)."""
+    """The RAD a figure plots: the column of the runs' ``rad_definition`` when every run asks for the same one and
+    has it (``best``: ``rad_best``; ``early_stop``: ``rad_early_stop``, Hong's ``do_ipoisoning.py``, which the Hong
+    Fig. 4 presets set), else ``rad`` (final epochs)."""
     column = "config.rad_definition"
-    if column in df and len(df) and (df[column] == "best").all() and "rad_best" in df and df["rad_best"].notna().any():
-        return "rad_best"
-    return "rad"
+    if column not in df or not len(df) or df[column].nunique(dropna=False) != 1:
+        return "rad"
+    wanted = RAD_COLUMNS.get(str(df[column].iloc[0]), "rad")
+    return wanted if wanted in df and df[wanted].notna().any() else "rad"
 
 
 def label(column: str) -> str:
