@@ -5,53 +5,47 @@ Declarative entries as in ``claims_hong``.
 
 from __future__ import annotations
 
-from gsdefense.reproduce.checks import Arm, AtMost, Exceeds, OneSample, Present, Trend
+from gsdefense.reproduce.arms import Arm, Paper
+from gsdefense.reproduce.checks import OneSample, Ratio, Trend
 from gsdefense.reproduce.claims_hong import BC, BC_NOTE, EPOCHS2, NO_DP
+from gsdefense.reproduce.preconditions import AtMost, Exceeds, Present
 from gsdefense.reproduce.spec import Claim, Part
 
-# digits + Hong's CNN for CIFAR-10: SGD lr 0.5 under DP (20 epochs of 11 steps; the study's lr 0.001 never leaves
-# chance on digits), lr 0.05 without. The DP model's accuracy relative to SGD (~0.8) is the study's (58 % / 74 %).
-DIGITS_DP = ("dataset=digits", "model=cnn", "optimizer.lr=0.5")
-DIGITS_SGD = ("dataset=digits", "model=cnn", "optimizer.lr=0.05")
+# digits + Hong's CNN for CIFAR-10's SmallCNN, one schedule for both arms, as the study (Table 1: lr 1e-3 and 20
+# epochs for SGD and DP-SGD alike; the optimizer is not stated, the presets use SGD): on 1,347 images lr 1e-3 leaves
+# both models at chance in 20 epochs (11 steps each), so both arms run at DIGITS_LR (measured: see DIGITS_NOTE).
+DIGITS_LR = 0.5
+DIGITS = ("dataset=digits", "model=cnn", f"optimizer.lr={DIGITS_LR}")
 DIGITS_NOTE = (
-    "digits with Hong's CNN, 20 epochs: DP-SGD (C 0.1, σ 4) at lr 0.5 (the study's 0.001 leaves the model at "
-    "chance on 1,347 images), SGD at lr 0.05; the DP model keeps ~80 % of SGD's accuracy, as in the study "
-    "(58 % / 74 %)."
+    f"digits (8×8) with Hong's CNN for CIFAR-10 with the study's SmallCNN; both arms on one schedule, SGD lr "
+    f"{DIGITS_LR:g} for 20 epochs (the study's lr 1e-3 leaves both at chance on 1,347 images)."
 )
 NO_DP_LIMITS = ("dp=none", "~dp.clip", "~dp.noise", "~dp.delta")
+CIFAR = "cifar10"
 
 _L1_DP, _L1_SGD = Arm("dp", "DP-SGD 10 %", paper=0.90), Arm("sgd", "SGD 10 %", paper=0.93)
 L1 = Claim(
     id="L1",
-    text="A blended backdoor at 10 % poison defeats DP-SGD (C 0.1, σ 4): its success stays high",
-    source="Jahagirdar, Table 1 (SmallCNN, trained directly on the poisoned set)",
-    paper="ASR at 10 %: SGD 93 %; DP-SGD 90 % (direct), 80–85 % (pretrain + fine-tune)",
-    paper_value=0.90,
+    text="A blended backdoor at 10 % poison defeats DP-SGD (C 0.1, σ 4): it keeps most of its success without DP",
+    source="Jahagirdar, Table 1 (SmallCNN on CIFAR-10, trained directly on the poisoned set, 20 epochs, lr 1e-3)",
+    paper="ASR at 10 %: SGD 93 %; DP-SGD 90 % (direct) — DP retains 0.90 / 0.93 = 0.97 of it",
+    paper_value=0.90 / 0.93,
     parts=(
         Part(
-            "dp",
-            "limitations_table1_direct_cnn",
-            ("attack.poison_ratio=0.1",),
-            DIGITS_DP,
-            smoke=EPOCHS2,
-            note=DIGITS_NOTE,
+            "dp", "limitations_table1_direct_cnn", ("attack.poison_ratio=0.1",), DIGITS, smoke=EPOCHS2, note=DIGITS_NOTE
         ),
         Part(
-            "sgd",
-            "limitations_table1_sgd_cnn",
-            ("attack.poison_ratio=0.1",),
-            DIGITS_SGD,
-            smoke=EPOCHS2,
-            note=DIGITS_NOTE,
+            "sgd", "limitations_table1_sgd_cnn", ("attack.poison_ratio=0.1",), DIGITS, smoke=EPOCHS2, note=DIGITS_NOTE
         ),
-    ),
+    ),  # fmt: skip
     checks=(
-        OneSample(
-            "ASR under DP-SGD at 10 % above 0.5, compatible with the study's lowest 0.8",
+        Ratio(
+            "DP-SGD retains the backdoor: ASR_DP / ASR_SGD at 10 % above 0.5 (a 2× cut would be a defense)",
             "asr",
             _L1_DP,
+            _L1_SGD,
             null=0.5,
-            claimed=0.8,
+            claimed=Paper(0.90 / 0.93, CIFAR, "Table 1"),
             requires=(
                 Present(
                     _L1_SGD,
@@ -60,7 +54,7 @@ L1 = Claim(
                     above=0.5,
                     significant=False,
                 ),
-            ),
+            ),  # fmt: skip
         ),
     ),
     ours="DP-SGD 10 %",
@@ -80,7 +74,7 @@ L2 = Claim(
             "dp",
             "limitations_table2_narcissus",
             ("attack.poison_ratio=0.02",),
-            (*DIGITS_DP, "optimizer.epochs=20"),
+            (*DIGITS, "optimizer.epochs=20"),
             smoke=(*EPOCHS2, "attack.trigger_steps=5"),
             note=DIGITS_NOTE,
         ),
@@ -88,7 +82,7 @@ L2 = Claim(
             "vanilla",
             "limitations_table2_narcissus",
             (*NO_DP_LIMITS, "attack.poison_ratio=0,0.02"),
-            (*DIGITS_SGD, "optimizer.epochs=20"),
+            (*DIGITS, "optimizer.epochs=20"),
             smoke=(*EPOCHS2, "attack.trigger_steps=5"),
             note=DIGITS_NOTE,
         ),
@@ -99,7 +93,7 @@ L2 = Claim(
             "asr",
             Arm("dp", "DP-SGD 2 %", paper=0.99),
             null=0.5,
-            claimed=0.75,
+            claimed=Paper(0.75, CIFAR, "Table 2"),
             requires=(
                 AtMost(
                     _L2_V0,
@@ -121,7 +115,6 @@ L2 = Claim(
         ),
     ),
     ours="DP-SGD 2 %",
-    notes=("Table 2's setting (ResNet-18, CIFAR-10, 200 epochs) needs CIFAR-10 and a GPU: run --scale paper.",),
 )
 
 _S1_GRID = (
@@ -190,7 +183,7 @@ N1 = Claim(
     id="N1",
     text="(descriptive, our hypothesis) Stronger DP — more noise, a smaller clip — lowers Neural Cleanse's anomaly "
     "index of a BadNets target, making the backdoor harder to detect",
-    source="Wang et al. 2019 (Neural Cleanse) after DP-SGD; gsdefense issue 13 (no paper number)",
+    source="Wang et al. 2019 (Neural Cleanse) after DP-SGD: our hypothesis (no paper has a number)",
     paper="— (an extension: no paper reports NC under DP)",
     parts=(
         Part(

@@ -11,9 +11,10 @@ position of the key's first appearance, so a command is the same every time and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from gsdefense.reproduce.arms import Frames
 from gsdefense.reproduce.checks import Check
 
 SCALES = ("embedded", "paper")
@@ -48,7 +49,8 @@ class Part:
     smoke: tuple[str, ...] = ()
     fused: bool = False  # the grid varies only dp.clip / dp.noise / dp.delta / optimizer.lr (and the seed)
     derive: str | None = None  # per-run values computed from the run's files (``evidence.DERIVE``)
-    note: str = ""  # why the embedded setup is what it is
+    note: str = ""  # why the embedded setup is what it is (the setup itself is generated from the runs)
+    paper_note: str = ""  # why the paper-scale setup is what it is (a schedule cut here, and its measured effect)
 
     def overrides(self, *, scale: str, smoke: bool = False) -> list[str]:
         if scale not in SCALES:
@@ -72,7 +74,10 @@ class Claim:
     ours: str  # label of the primary check's arm whose mean ± sd is "ours" (the paper_value's counterpart)
     paper_value: float | None = None
     seeds: int = 3  # default number of seeds at the embedded scale (--seeds overrides)
+    paper_seeds: int = 3  # ... at paper scale
     notes: tuple[str, ...] = field(default_factory=tuple)  # deviations and caveats, shown under the claim
+    findings: tuple[Callable[[Frames], str | None], ...] = ()  # text the runs give beside the checks (findings.py)
+    paper_skip: str = ""  # why --scale paper does not run it on a 2-core CPU (measured), if it does not
 
     def part(self, name: str) -> Part:
         for part in self.parts:
