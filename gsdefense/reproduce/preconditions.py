@@ -8,6 +8,8 @@ here``, with the measured reason (its ``why``, formatted with the measured numbe
 - ``Uncensored``: the attack was given the paper's budget, or used less of it than it had: where fewer poisons
   were tried than the paper tried and some targets never fell, their success and poisons needed are unknown
   (censored), for every check that reads them alike.
+
+A precondition whose arm has no runs does not fail: the check's own test then says that there are too few.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class Present:
         values = self.arm.values(frames, self.metric)
         above = self.above.value(self.arm.rows(frames)) if isinstance(self.above, Images) else self.above
         s = Summary.of(values)
-        ok = stats.present(values, above=above)[0] if self.significant else bool(s.n and s.mean > above)
+        if s.n == 0:
+            return None  # no runs: the check itself says so (inconclusive), not a precondition
+        ok = stats.present(values, above=above)[0] if self.significant else bool(s.mean > above)
         return None if ok else self.why.format(mean=s.mean, sd=s.sd, n=s.n, above=above)
 
 
@@ -67,7 +71,7 @@ class AtMost:
 
     def failure(self, frames: Frames) -> str | None:
         s = Summary.of(self.arm.values(frames, self.metric))
-        return None if s.n and s.mean <= self.limit else self.why.format(mean=s.mean, sd=s.sd, n=s.n)
+        return None if not s.n or s.mean <= self.limit else self.why.format(mean=s.mean, sd=s.sd, n=s.n)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class Exceeds:
 
     def failure(self, frames: Frames) -> str | None:
         high, low = self.high.values(frames, self.metric), self.low.values(frames, self.metric)
+        if not high or not low:
+            return None
         out = stats.compare(high, low, null=self.by)
         if out.ci is not None and out.ci[0] > self.by:
             return None
@@ -103,9 +109,9 @@ class Uncensored:
         rows = self.arm.rows(frames)
         tried = pd.to_numeric(rows.get(self.budget, pd.Series(dtype=float)), errors="coerce").dropna()
         s = Summary.of(self.arm.values(frames, self.metric))
-        if not len(tried) or tried.min() >= self.paper_budget or (s.n and s.mean >= 1.0):
+        if not len(tried) or not s.n or tried.min() >= self.paper_budget or s.mean >= 1.0:
             return None
-        missed = "every" if s.n and s.mean == 0 else f"{100 * (1 - s.mean):.0f} % of the"
+        missed = "every" if s.mean == 0 else f"{100 * (1 - s.mean):.0f} % of the"
         return (f"censored: at most {int(tried.min())} poisons tried per target (the paper: {self.paper_budget}), "
                 f"and {missed} targets in {self.arm.label} did not fall within them (n={s.n}), so their success and "
                 "the poisons they need are unknown")  # fmt: skip
