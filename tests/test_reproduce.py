@@ -18,7 +18,7 @@ from gsdefense.reproduce.arms import Arm, Paper, Scaled, dataset_id
 from gsdefense.reproduce.checks import BudgetCompare, Compare, OneSample, Ratio, Trend
 from gsdefense.reproduce.claims import BY_ID, CLAIMS
 from gsdefense.reproduce.evaluate import run_checks
-from gsdefense.reproduce.preconditions import AtMost, Exceeds, Present, Images, Uncensored
+from gsdefense.reproduce.preconditions import AtMost, Exceeds, Images, Present, Uncensored
 
 
 # --- the verdict rule -------------------------------------------------------------------------------------------------

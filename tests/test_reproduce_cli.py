@@ -171,6 +171,19 @@ def test_tally_line() -> None:
     assert line == "**At paper scale: 2 reproduced · 1 opposite direction · 1 needs Purchase-100** (4 claims)"
 
 
+def test_the_project_readme_shows_each_committed_tally(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("- claims: <!-- tally:paper -->old<!-- /tally --> and <!-- tally:embedded -->x<!-- /tally -->.\n")
+    assert report.update_tally(readme, scale="paper", line="At paper scale: 2 reproduced")
+    assert readme.read_text() == (
+        "- claims: <!-- tally:paper -->At paper scale: 2 reproduced<!-- /tally --> and "
+        "<!-- tally:embedded -->x<!-- /tally -->.\n"
+    )
+    assert not report.update_tally(tmp_path / "missing.md", scale="paper", line="y")
+    project = (ROOT / "README.md").read_text()
+    assert "<!-- tally:paper -->" in project and "<!-- tally:embedded -->" in project
+
+
 def test_setup_is_generated_from_the_runs() -> None:
     rows = pd.DataFrame({"dataset.name": ["fashion_mnist"] * 3, "dataset.classes": [(3, 4)] * 3, "seed": [0, 1, 2],
                          "n_clean": [10800] * 3, "n_test": [2000] * 3, "model.name": ["lr"] * 3,
@@ -188,7 +201,8 @@ def test_setup_is_generated_from_the_runs() -> None:
 def test_evidence_per_sample_telemetry_and_the_batch_mean_artifact() -> None:
     epochs = pd.DataFrame({"epoch": [1, 2, 3, 4], "sample_norm_ratio": [2.0**2, 2.0, 2.0, 1.0],
                            "clipped_sample_norm_ratio": [2.0, 2.0, 1.0, 1.0],
-                           "poison_sample_cosine": [-0.8, -0.5, -0.3, -0.1], "mean_grad_ratio": [108.0] * 4})  # fmt: skip
+                           "poison_sample_cosine": [-0.8, -0.5, -0.3, -0.1],
+                           "mean_grad_ratio": [108.0] * 4})  # fmt: skip
     row = telemetry_row(epochs.iloc[::-1])  # the order of rows does not matter, epochs do
     ln2 = 0.6931471805599453
     assert row["log_sample_ratio"] == pytest.approx(ln2) and row["sample_ratio_gmean"] == pytest.approx(2.0)

@@ -22,10 +22,8 @@ import pandas as pd
 from gsdefense.errors import ConfigError
 from gsdefense.reproduce import runner
 from gsdefense.reproduce.claims import BY_ID, select
-from gsdefense.reproduce.spec import SCALES
-
-ROOT = Path(__file__).resolve().parents[2]
-OUT = {"embedded": Path("docs/reproduction"), "paper": Path("docs/reproduction-paper")}
+from gsdefense.reproduce.spec import REPORTS as OUT
+from gsdefense.reproduce.spec import ROOT, SCALES
 
 
 def estimate(scale: str) -> str:

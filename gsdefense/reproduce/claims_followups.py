@@ -12,13 +12,18 @@ from gsdefense.reproduce.preconditions import AtMost, Exceeds, Present
 from gsdefense.reproduce.spec import Claim, Part
 
 # digits + Hong's CNN for CIFAR-10's SmallCNN, one schedule for both arms, as the study (Table 1: lr 1e-3 and 20
-# epochs for SGD and DP-SGD alike; the optimizer is not stated, the presets use SGD): on 1,347 images lr 1e-3 leaves
-# both models at chance in 20 epochs (11 steps each), so both arms run at DIGITS_LR (measured: see DIGITS_NOTE).
-DIGITS_LR = 0.5
+# epochs for SGD and DP-SGD alike; the optimizer is not stated, the presets use SGD). On 1,347 images (11 steps an
+# epoch) no single SGD lr is the study's: measured at 10 % blend, seeds 0–1 (clean accuracy, ASR): lr 0.1: DP at
+# chance (0.20); 0.15: DP 0.43–0.66 / ASR 0.51–0.74, SGD 0.96–0.98 / 1.0; 0.2: SGD diverges on one seed of two; Adam
+# at the study's 1e-3: SGD 0.94–0.95, DP a constant predictor (0.10). 0.15 is the one that trains both.
+DIGITS_LR = 0.15
 DIGITS = ("dataset=digits", "model=cnn", f"optimizer.lr={DIGITS_LR}")
 DIGITS_NOTE = (
-    f"digits (8×8) with Hong's CNN for CIFAR-10 with the study's SmallCNN; both arms on one schedule, SGD lr "
-    f"{DIGITS_LR:g} for 20 epochs (the study's lr 1e-3 leaves both at chance on 1,347 images)."
+    f"digits (8×8) with Hong's CNN stand in for CIFAR-10 with the study's SmallCNN; both arms on one schedule, SGD "
+    f"lr {DIGITS_LR:g} for 20 epochs, as the study runs both at one lr (1e-3, which leaves DP at chance on 1,347 "
+    "images): measured at 10 % blend, lr 0.1 leaves DP at chance, 0.2 makes SGD diverge on one seed of two, Adam at "
+    "1e-3 makes DP a constant predictor; at 0.15 DP reaches 0.43–0.66 clean accuracy, SGD 0.96–0.98 (the study: "
+    "58 % / 74 %)."
 )
 NO_DP_LIMITS = ("dp=none", "~dp.clip", "~dp.noise", "~dp.delta")
 CIFAR = "cifar10"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from gsdefense.reproduce.arms import Arm, Paper, Scaled
 from gsdefense.reproduce.checks import Compare, OneSample
 from gsdefense.reproduce.findings import batch_mean_artifact
-from gsdefense.reproduce.preconditions import Present, Images
+from gsdefense.reproduce.preconditions import Images, Present
 from gsdefense.reproduce.spec import Claim, Part
 
 # breast_cancer stands in for FashionMNIST-3/4 (binary, LR; the presets' own small command); the paper's schedule

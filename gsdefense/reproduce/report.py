@@ -23,6 +23,7 @@ from gsdefense.reproduce.evaluate import ClaimResult
 from gsdefense.reproduce.figures import claim_figure
 from gsdefense.reproduce.report_text import RULES, SCALES, section_body, table
 from gsdefense.reproduce.runner import Sweep, SweepResult
+from gsdefense.reproduce.spec import REPORTS, ROOT
 from gsdefense.reproduce.stats import Outcome
 from gsdefense.reproduce.tables import check_rows, claim_rows, merged, ours, run_data
 from gsdefense.reproduce.verdicts import VERDICTS
@@ -54,12 +55,32 @@ def headline(r: ClaimResult) -> str:
     return text if decider is None else f"{text}; **decided by** {decider.name}: {interval(decider) or decider.reason}"
 
 
-def tally(verdicts: Sequence[str], *, scale: str) -> str:
-    """``**At paper scale: 2 reproduced · 1 opposite direction · … (11 claims)**``, verdicts in a fixed order."""
+def tally_text(verdicts: Sequence[str], *, scale: str) -> str:
+    """``At paper scale: 2 reproduced · 1 opposite direction · …``, verdicts in a fixed order."""
     counts = Counter(verdicts)
     order = [v for v in VERDICTS if v in counts] + sorted(v for v in counts if v not in VERDICTS)
-    body = " · ".join(f"{counts[v]} {v}" for v in order) or "no claims"
-    return f"**At {scale} scale: {body}** ({len(verdicts)} claims)"
+    return f"At {scale} scale: " + (" · ".join(f"{counts[v]} {v}" for v in order) or "no claims")
+
+
+def tally(verdicts: Sequence[str], *, scale: str) -> str:
+    """The report's first line: ``**At paper scale: …** (11 claims)``."""
+    return f"**{tally_text(verdicts, scale=scale)}** ({len(verdicts)} claims)"
+
+
+def update_tally(readme: Path, *, scale: str, line: str) -> bool:
+    """Replace the text between ``<!-- tally:<scale> -->`` and ``<!-- /tally -->`` in the project README (its first
+    screen shows each committed report's tally); False when the markers are not there."""
+    start, end = f"<!-- tally:{scale} -->", "<!-- /tally -->"
+    try:
+        text = readme.read_text()
+    except OSError:
+        return False
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i >= 0 else -1
+    if j < 0:
+        return False
+    readme.write_text(text[: i + len(start)] + line + text[j:])
+    return True
 
 
 def ignore_sweeps(out: Path) -> None:
@@ -161,4 +182,7 @@ def write(out: Path, results: Sequence[ClaimResult], *, runs: Sequence[SweepResu
     write_claims(out, results, scale=scale, sweeps=sweeps, paper_sweeps=paper_sweeps, timing=timing)
     path = out / "README.md"
     path.write_text(readme(out, scale=scale, command=command, wall=total, measured=measured))
+    if out.resolve() == (ROOT / REPORTS[scale]).resolve():  # the committed report: keep the project README's tally
+        verdicts = list(pd.read_csv(out / "claims.csv")["verdict"])
+        update_tally(ROOT / "README.md", scale=scale, line=tally_text(verdicts, scale=scale))
     return path

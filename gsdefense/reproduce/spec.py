@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gsdefense.reproduce.arms import Frames
 from gsdefense.reproduce.checks import Check
 
 SCALES = ("embedded", "paper")
+ROOT = Path(__file__).resolve().parents[2]
+REPORTS = {"embedded": Path("docs/reproduction"), "paper": Path("docs/reproduction-paper")}  # relative to ROOT
 
 
 def override_key(override: str) -> str:
