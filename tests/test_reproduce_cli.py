@@ -140,17 +140,18 @@ def test_missing_data_keeps_a_published_verdict_and_lists_the_rest(tmp_path: Pat
     gap = datacheck.Missing("CIFAR-10", "dataset.data_dir: cifar10 files … are not in … Fix: …")
     monkeypatch.setattr(datacheck, "missing", lambda sweeps: {"L1": gap, "L2": gap})
     monkeypatch.setattr(runner, "run_all", lambda sweeps, jobs: [])
-    args = argparse.Namespace(out=out, scale="paper", seeds=None, claims=["H2", "L1", "L2"], smoke=False, jobs=1,
+    args = argparse.Namespace(out=out, scale="paper", seeds=None, claims=["H2", "H4", "L1", "L2"], smoke=False, jobs=1,
                               launcher="basic", report_only=False)  # fmt: skip
     claims = select(args.claims)
     assert run.reproduce(args, claims, runner.plan(claims, scale="paper", out=out, seeds=None), command="x") == 0
     table = pd.read_csv(out / "claims.csv").set_index("id")["verdict"]
-    assert table.to_dict() == {"H2": "inconclusive", "L1": "reproduced", "L2": "needs CIFAR-10"}
+    assert table.to_dict() == {"H2": "inconclusive", "H4": "not run here", "L1": "reproduced", "L2": "needs CIFAR-10"}
     assert (out / "sections" / "L1.md").read_text() == "## L1 at paper scale: reproduced\n"
     l2 = (out / "sections" / "L2.md").read_text()
     assert "**Needs CIFAR-10.** dataset.data_dir:" in l2 and "python launch.py -m +experiment=limitations" in l2
     readme = (out / "README.md").read_text()
-    assert "**At paper scale: 1 reproduced · 1 inconclusive · 1 needs CIFAR-10** (3 claims)" in readme
+    assert "**At paper scale: 1 reproduced · 1 inconclusive · 1 needs CIFAR-10 · 1 not run here** (4 claims)" in readme
+    assert "**Not run here.** Fig. 5's FashionMNIST panel" in (out / "sections" / "H4.md").read_text()
 
 
 def test_help_prints_the_measured_time(tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
