@@ -212,8 +212,14 @@ N1 = Claim(
         Part(
             "vanilla",
             "nc_vs_dp",
-            ("dp=none", "~dp.clip", "~dp.noise", "hydra.sweeper.params=null", "attack=badnets",
-             "detector.mitigation=none"),
+            (
+                "dp=none",
+                "~dp.clip",
+                "~dp.noise",
+                "hydra.sweeper.params=null",
+                "attack=badnets",
+                "detector.mitigation=none",
+            ),
             ("dataset=digits", "model=mlp", "optimizer.epochs=20", "detector.max_epochs=200"),
             paper=N1_PAPER,
             smoke=(*EPOCHS2, "detector.max_epochs=5"),
