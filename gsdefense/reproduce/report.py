@@ -64,7 +64,8 @@ def tally_text(verdicts: Sequence[str], *, scale: str) -> str:
 
 def tally(verdicts: Sequence[str], *, scale: str) -> str:
     """The report's first line: ``**At paper scale: …** (11 claims)``."""
-    return f"**{tally_text(verdicts, scale=scale)}** ({len(verdicts)} claims)"
+    n = len(verdicts)
+    return f"**{tally_text(verdicts, scale=scale)}** ({n} claim{'' if n == 1 else 's'})"
 
 
 def update_tally(readme: Path, *, scale: str, line: str) -> bool:

@@ -50,6 +50,8 @@ def _fmt(v: object) -> str:
 
 
 def _group(rows: pd.DataFrame, keys: Sequence[str]) -> str:
+    if keys[0] == "optimizer.name" and _values(rows, "scenario.name") == ["retrain"]:
+        keys = tuple(k for k in keys if k != "optimizer.epochs")  # the scenario's epochs are the schedule
     name = _values(rows, keys[0])
     if not name or (len(name) == 1 and QUIET.get(keys[0]) == name[0]):
         return ""
