@@ -45,18 +45,24 @@ def test_the_committed_collision_analysis_shows_the_batch_mean_artifact() -> Non
 
 def test_prediction_interval_rule() -> None:
     s = original.Inside.of([0.010, 0.014, 0.012], binomial_sd=0.005)
-    half = sps.t.ppf(0.975, 2) * math.sqrt(0.002**2 * (1 + 1 / 3) + 0.005**2)
+    seeds, total = 0.002**2 * (1 + 1 / 3), 0.002**2 * (1 + 1 / 3) + 0.005**2
+    half = sps.t.ppf(0.975, 2 * total**2 / seeds**2) * math.sqrt(total)  # Welch–Satterthwaite: b has df ∞
     assert (s.mean, s.n) == (pytest.approx(0.012), 3) and s.half_width == pytest.approx(half)
+    assert original.Inside.of([0.010, 0.014, 0.012]).half_width == pytest.approx(
+        sps.t.ppf(0.975, 2) * 0.002 * 2 / 3**0.5
+    )
     assert s.holds(0.012 + half * 0.99) and not s.holds(0.012 + half * 1.01)
     assert original.Inside.of([0.01]).holds(0.01) is None  # one seed: no interval
 
 
 def test_tables_from_runs() -> None:
-    runs = pd.DataFrame({"attack.poison_ratio": [0.4] * 3, "dp.clip": [4.0] * 3, "dp.noise": [0.0] * 3,
-                         "rad_early_stop": [0.010, 0.012, 0.011], "acc_ref_best": [0.955, 0.954, 0.956]})  # fmt: skip
+    runs = pd.DataFrame({"attack.poison_ratio": [0.4] * 6, "dp.clip": [4.0] * 6, "dp.noise": [0.0] * 3 + [2.5e-7] * 3,
+                         "rad_early_stop": [0.010, 0.012, 0.011] * 2, "acc_ref_best": [0.955, 0.954, 0.956] * 2,
+                         "seed": [0, 1, 2] * 2})  # fmt: skip
     table = original.label_flip_table(runs)
-    assert len(table) == 93 and int((table["n"] > 0).sum()) == 1
-    row = table[table["n"] == 3].iloc[0]
+    assert len(table) == 93 and int((table["n"] > 0).sum()) == 2  # noise 0 and 2.5e-7 are separate cells
+    assert table["n"].max() == 3
+    row = table[(table["n"] == 3) & (table["multiplier"] == 0)].iloc[0]
     assert (row["ratio"], row["clip"], row["multiplier"], row["inside"]) == (0.4, 4.0, 0.0, True)
     assert row["difference"] == pytest.approx(0.011 - (0.954 - 0.9435) / 0.954)
     history = pd.DataFrame({"run_dir": ["a"] * 40 + ["b"] * 40, "epoch": list(range(1, 41)) * 2,
