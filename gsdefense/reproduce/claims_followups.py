@@ -183,7 +183,15 @@ N1_NOTE = (
 )
 # FashionMNIST at the preset's settings except the model and the length, cut to fit the 2-core budget (measured).
 N1_PAPER = ("model=mlp", "optimizer.epochs=10", "detector.max_epochs=200")
-N1_PAPER_NOTE = "N1_PAPER_NOTE"
+N1_PAPER_NOTE = (
+    "FashionMNIST at the preset's settings (BadNets to label 0, SGD lr 0.05 with momentum 0.9, batch 64, 10 % of the "
+    "training set held out as Neural Cleanse's data) except three cuts to fit two cores: the MLP instead of the "
+    "preset's CNN (a CNN DP epoch on 54,000 images costs ~1 min of CPU here, so 27 DP runs × 20 epochs would be "
+    "~9 h), 10 epochs instead of 20, and Neural Cleanse capped at 200 mini-epochs per label (the default 1,000). "
+    "Measured on the vanilla arm (seed 0): 10 vs 20 epochs give clean accuracy 0.873 vs 0.879, ASR 1.0 vs 1.0 and a "
+    "target anomaly index of 2.94 vs 3.41 (flagged both times); the cap does not bind there (134 mini-epochs, the "
+    "same index under a cap of 1,000)."
+)
 _N1_DETECTS = Present(
     Arm("vanilla", "vanilla"),
     "nc_target_anomaly_index",
