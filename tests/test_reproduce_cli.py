@@ -101,6 +101,9 @@ def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture) -> None:
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: --claims: unknown claim id(s) Q1.")
     assert main(["--jobs", "0", "--dry-run"]) == 2
+    capsys.readouterr()
+    assert main(["--smoke", "--claims", "H2"]) == 2  # never over the committed report
+    assert capsys.readouterr().err.startswith("error: --smoke: would write its 1-seed plumbing runs over the committed")
 
 
 # --- the data check, and published verdicts are never overwritten -----------------------------------------------------

@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--jobs", f"must be at least 1 (got {args.jobs}).", "e.g. --jobs 2.")
         if args.out.exists() and not args.out.is_dir():
             raise ConfigError("--out", f"{args.out} is a file.", "give a folder (it is created if missing).")
+        if args.smoke and not args.dry_run and args.out.resolve() == (ROOT / OUT[args.scale]).resolve():
+            raise ConfigError("--smoke", f"would write its 1-seed plumbing runs over the committed report in "
+                              f"{OUT[args.scale]}.", "add --out <another folder>, e.g. --out /tmp/smoke.")  # fmt: skip
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
