@@ -78,6 +78,14 @@ def test_plan_launchers_seeds_and_folders(tmp_path: Path) -> None:
         runner.plan([BY_ID["H2"]], scale="paper", out=tmp_path, seeds=0)
 
 
+def test_longest_sweeps_start_first(tmp_path: Path) -> None:
+    sweeps = runner.plan([BY_ID["H1"], BY_ID["H3"], BY_ID["N1"]], scale="paper", out=tmp_path, seeds=None)
+    order = [s.key for s in runner.longest_first(sweeps)]
+    assert order[:3] == ["H3/dp", "N1/dp", "H3/vanilla"] and order[-1] == "H1/vanilla"
+    measured = [s.key for s in runner.longest_first(sweeps, {"H1/vanilla": 9999.0})]
+    assert measured[0] == "H1/vanilla"  # a sweep's last measured time wins over its hint
+
+
 def test_h1_insertion_and_l1_use_the_settings_their_sources_give(tmp_path: Path) -> None:
     h1 = {s.part.name: s for s in runner.plan([BY_ID["H1"]], scale="embedded", out=tmp_path, seeds=None)}
     ins = h1["insertion"].overrides

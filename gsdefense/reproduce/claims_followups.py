@@ -155,6 +155,7 @@ S1 = Claim(
             BC,
             smoke=(*EPOCHS2, "attack.burn_in=50"),
             derive="losses",
+            cost=450,
             note=BC_NOTE + " Logistic loss in the attack, so U* and the model's cross-entropy are the same loss; "
             "attack and defense use the same 70th-percentile sphere ∩ slab (oracle centroids).",
         ),
@@ -216,6 +217,7 @@ N1 = Claim(
             fused=True,
             note=N1_NOTE,
             paper_note=N1_PAPER_NOTE,
+            cost=465,
         ),
         Part(
             "vanilla",
@@ -233,6 +235,7 @@ N1 = Claim(
             smoke=(*EPOCHS2, "detector.max_epochs=5"),
             note=N1_NOTE,
             paper_note=N1_PAPER_NOTE,
+            cost=40,
         ),
     ),  # fmt: skip
     checks=(

@@ -99,6 +99,7 @@ H1 = Claim(
             ),
             smoke=("scenario.pretrain_epochs=2", "scenario.retrain_epochs=2"),
             derive="telemetry",
+            cost=240,
             note="digits (8×8) for FashionMNIST with a 4×4 patch, 5 % poisons and re-training lr 0.04: the preset's "
             "own small setting, as 1 % and lr 0.01 never teach digits the backdoor.",
             paper_note="One of Fig. 1's patch sizes (1–14 px), 4: the backdoor is learned in re-training (seed 0: "
@@ -153,11 +154,13 @@ _AT40 = {"attack.poison_ratio": 0.4}
 _VAN40 = Arm("vanilla", "vanilla", _AT40)
 
 
-def _fig4_parts(preset: str) -> tuple[Part, ...]:
+def _fig4_parts(preset: str, *, per_run: float) -> tuple[Part, ...]:
+    """``per_run``: CPU seconds of one run at paper scale (Steinhardt's poisons are crafted in each run)."""
     return (
-        Part("dp", preset, ("attack.poison_ratio=0.4", "dp.clip=8,4,2"), BC, smoke=EPOCHS2, fused=True, note=BC_NOTE),
-        Part("vanilla", preset, (*NO_DP, "attack.poison_ratio=0.4"), BC, smoke=EPOCHS2, note=BC_NOTE),
-    )
+        Part("dp", preset, ("attack.poison_ratio=0.4", "dp.clip=8,4,2"), BC, smoke=EPOCHS2, fused=True, note=BC_NOTE,
+             cost=3 * per_run),
+        Part("vanilla", preset, (*NO_DP, "attack.poison_ratio=0.4"), BC, smoke=EPOCHS2, note=BC_NOTE, cost=per_run),
+    )  # fmt: skip
 
 
 H2 = Claim(
@@ -167,7 +170,7 @@ H2 = Claim(
     "epoch with training stopped at the baseline)",
     paper="RAD 0.028 (vanilla) → 0.011 (C = 4) at 40 %",
     paper_value=0.011,
-    parts=_fig4_parts("hong_fig4_label_flip"),
+    parts=_fig4_parts("hong_fig4_label_flip", per_run=5),
     checks=(
         Compare(
             "C=4 halves the RAD at 40 % (vanilla − DP ≥ 0.5 × vanilla)",
@@ -193,7 +196,7 @@ H3 = Claim(
     "stopped at the baseline)",
     paper="RAD 0.178 (vanilla) → 0.217 (C = 2) at 40 %; C in [4, 8] no lower than vanilla",
     paper_value=0.217,
-    parts=_fig4_parts("hong_fig4_steinhardt"),
+    parts=_fig4_parts("hong_fig4_steinhardt", per_run=250),
     checks=(
         Compare(
             "C=2 raises the RAD at 40 % (DP − vanilla > 0; Fig. 4d: by 22 %)",

@@ -68,8 +68,9 @@ def parts(*, tiers: Sequence[int] = (1, 2)) -> list[Part]:
         noises = ",".join(_value(n) for n in sorted(group["multiplier"]))
         grid = (f"attack.poison_ratio={_value(ratio)}", "hydra.sweeper.params=null", f"dp.clip={_value(clip)}",
                 f"dp.noise={noises}")  # fmt: skip
-        out.append(Part(f"lf_{_value(ratio)}_c{_value(clip)}", "hong_fig4_label_flip", grid, fused=True))
-    out.append(Part("collision", "hong_fig1_collision", ()))
+        name = f"lf_{_value(ratio)}_c{_value(clip)}"
+        out.append(Part(name, "hong_fig4_label_flip", grid, fused=True, cost=4 * len(group)))
+    out.append(Part("collision", "hong_fig1_collision", (), cost=30))
     return out
 
 

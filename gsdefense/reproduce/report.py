@@ -90,6 +90,15 @@ def ignore_sweeps(out: Path) -> None:
     (out / ".gitignore").write_text("# written by python -m gsdefense.reproduce: the sweeps stay out of git\nsweeps/\n")
 
 
+def saved_seconds(out: Path) -> dict[str, float]:
+    """Each sweep's seconds as ``<out>/timing.csv`` last recorded them (empty without one)."""
+    try:
+        saved = pd.read_csv(out / "timing.csv")
+        return {k: float(v) for k, v in zip(saved["sweep"], saved["seconds"]) if k != WALL and v == v}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
 def timings(out: Path, runs: Sequence[SweepResult], wall: float | None) -> tuple[dict[str, float], float | None, bool]:
     """(seconds per sweep, wall-clock seconds of a full run, measured now). Sweeps that ran now replace their rows of
     ``timing.csv`` (the others are kept); the wall-clock row is replaced only by a run of every claim (``wall``)."""

@@ -111,7 +111,8 @@ def reproduce(args: argparse.Namespace, claims: Sequence[Claim], sweeps: Sequenc
     extra = runner.plan_parts(original.CLAIM, original.parts(), scale="paper", out=args.out, seeds=args.seeds or 3,
                               launcher=args.launcher) if full else []  # fmt: skip
     report.ignore_sweeps(args.out)
-    results = runner.run_all([*todo, *extra], jobs=args.jobs)
+    order = runner.longest_first([*todo, *extra], report.saved_seconds(args.out)) if args.jobs > 1 else [*todo, *extra]
+    results = runner.run_all(order, jobs=args.jobs)
     wall = time.perf_counter() - start if not args.claims else None
     tested = {c.id: evaluate(c, out=args.out) for c in runnable}
     ordered = [tested.get(c.id) or placeholders[c.id] for c in claims if c.id in tested or c.id in placeholders]

@@ -130,6 +130,13 @@ def _summary_line(log: Path) -> str:
     return found[-1].split(": ", 1)[1] if found else ""
 
 
+def longest_first(sweeps: Sequence[Sweep], seconds: dict[str, float] | None = None) -> list[Sweep]:
+    """The sweeps by expected time, longest first (a sweep's last measured seconds, else its part's ``cost`` × seeds;
+    ties keep their order), so that with several at once the long ones do not start last."""
+    seconds = seconds or {}
+    return sorted(sweeps, key=lambda s: -(seconds.get(s.key) or s.part.cost * s.seeds))
+
+
 def run_all(sweeps: Sequence[Sweep], *, jobs: int = 1, echo: Callable[[str], None] = print) -> list[SweepResult]:
     """Run the sweeps, ``jobs`` at a time, in the given order; results in the same order."""
     if jobs < 1:

@@ -54,6 +54,7 @@ class Part:
     derive: str | None = None  # per-run values computed from the run's files (``evidence.DERIVE``)
     note: str = ""  # why the embedded setup is what it is (the setup itself is generated from the runs)
     paper_note: str = ""  # why the paper-scale setup is what it is (a schedule cut here, and its measured effect)
+    cost: float = 0.0  # CPU seconds per seed at paper scale on one core here (from measured runs): longest first
 
     def overrides(self, *, scale: str, smoke: bool = False) -> list[str]:
         if scale not in SCALES:
