@@ -73,6 +73,7 @@ H1 = Claim(
             smoke=EPOCHS2,
             derive="telemetry",
             note=BC_NOTE,
+            cost=6,
         ),
         Part(
             "dp",
@@ -84,6 +85,7 @@ H1 = Claim(
             derive="telemetry",
             note=BC_NOTE,
             paper_note=_H1_DP_NOTE,
+            cost=7,
         ),  # fmt: skip
         Part(
             "insertion",
