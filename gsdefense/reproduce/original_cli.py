@@ -64,6 +64,9 @@ def main(argv: Sequence[str]) -> int:
     if gap is not None:
         print(f"error: {gap.line('original')}; nothing was run.", file=sys.stderr)
         return 2
-    results = runner.run_all(sweeps, jobs=args.jobs)
+    from gsdefense.reproduce.report import ignore_sweeps
+
+    ignore_sweeps(args.out)  # the sweeps (models) stay out of git
+    results = runner.run_all(runner.longest_first(sweeps) if args.jobs > 1 else sweeps, jobs=args.jobs)
     print(f"original results: {original.write(args.out)}")
     return 1 if any(r.returncode != 0 for r in results) else 0
