@@ -88,3 +88,12 @@ def test_sweeps_reproduce_each_released_cell(tmp_path, capsys: pytest.CaptureFix
     assert capsys.readouterr().out.strip().endswith("5 sweeps")
     assert main(["original", "--report-only", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: --report-only: no sweeps under {tmp_path}/sweeps/original")
+
+
+def test_the_tables_never_overwrite_the_released_numbers(tmp_path) -> None:
+    released = {p.name: p.read_bytes() for p in original.DATA.glob("*.csv")}
+    assert set(released) == {"released_label_flips.csv", "released_collision.csv"}
+    readme = original.write(tmp_path)  # no sweeps: every row "not run here" (n = 0)
+    assert {p.name for p in readme.parent.iterdir()} == {"README.md", "label_flips.csv", "collision.csv"}
+    assert "0 of 0 cells run here are inside (93 released" in readme.read_text()
+    assert {p.name: p.read_bytes() for p in original.DATA.glob("*.csv")} == released

@@ -4,11 +4,12 @@ cell: ``python -m gsdefense.reproduce original`` (also part of ``--scale paper``
 Inputs, committed under ``docs/reproduction-paper/original/`` (numbers copied from the original repository's
 ``results/`` folder; each row names its source file):
 
-- ``label_flips.csv``: every released FashionMNIST-3/4 label-flip cell (LR, Adam, batch 300, 40 epochs): poison
-  ratio, clip, TF-Privacy noise multiplier (= our ``dp.noise``), the last row of ``attack_results.csv``.
-- ``collision.csv``: Fig. 1's collision analysis (LR from scratch, 100 poisons, α = 0.1 … 1): per epoch the test
-  accuracy (``analysis_results.csv``), the clean and poison batch-mean gradient norms (``mextracts_epoch.csv``)
-  and their cosine (``aextracts_epoch.csv``).
+- ``released_label_flips.csv``: every released FashionMNIST-3/4 label-flip cell (LR, Adam, batch 300, 40
+  epochs): poison ratio, clip, TF-Privacy noise multiplier (= our ``dp.noise``), the last row of
+  ``attack_results.csv``.
+- ``released_collision.csv``: Fig. 1's collision analysis (LR from scratch, 100 poisons, α = 0.1 … 1): per epoch
+  the test accuracy (``analysis_results.csv``), the clean and poison batch-mean gradient norms
+  (``mextracts_epoch.csv``) and their cosine (``aextracts_epoch.csv``).
 
 The original ran each setting once, so its value is one draw of a run. It lies *inside* what our seeds allow when it
 is within our mean ± a 95 % prediction interval for one new run: ``t(0.975, ν) · sqrt(sd² (1 + 1/n) + b²)``, with
@@ -16,7 +17,7 @@ is within our mean ± a 95 % prediction interval for one new run: ``t(0.975, ν)
 (``sqrt(p (1 − p) / n_test)``; for a RAD, divided by the baseline) and ν the Welch–Satterthwaite degrees of freedom
 of that sum (``b`` is known: infinite degrees of freedom). Both codes score the same 2,000 test images, so ``b`` is
 conservative: it covers the test-image flips that three seeds may not show. Sweeps: ``<out>/sweeps/original/…``;
-tables: ``<out>/original/*.md|csv``.
+tables: ``<out>/original/{README.md,label_flips.csv,collision.csv}`` (beside the released numbers they read).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ TIERS = (1, 2, 3)
 
 def label_flips() -> pd.DataFrame:
     """The released label-flip cells, with ``tier``, the original's early-stop RAD and its noise std (σ·C)."""
-    df = pd.read_csv(DATA / "label_flips.csv")
+    df = pd.read_csv(DATA / "released_label_flips.csv")
     df["noise_std"] = df["clip"] * df["multiplier"]
     df["rad_early_stop"] = ((df["baseline_acc"] - df["best_acc"]) / df["baseline_acc"]).clip(lower=0.0)
     df["tier"] = np.where(df["ratio"] == 0.4, 1, np.where(df["multiplier"] == 0, 2, 3))
@@ -51,7 +52,7 @@ def label_flips() -> pd.DataFrame:
 
 
 def collision() -> pd.DataFrame:
-    return pd.read_csv(DATA / "collision.csv")
+    return pd.read_csv(DATA / "released_collision.csv")
 
 
 def _value(v: float) -> str:
@@ -166,8 +167,8 @@ def collision_table(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         mine = history[history["run_dir"].astype(str).isin(dirs)] if "run_dir" in history else history.iloc[0:0]
         for name, column, ours_col, how, accuracy in COLLISION_METRICS:
             value = _summarise(theirs.sort_values("epoch")[column], how)
-            per_run = [_summarise(h.sort_values("epoch")[ours_col], how) for _, h in mine.groupby("run_dir")
-                       if ours_col in h]  # fmt: skip
+            groups = mine.groupby("run_dir") if "run_dir" in mine and ours_col in mine else []
+            per_run = [_summarise(h.sort_values("epoch")[ours_col], how) for _, h in groups]
             s = Inside.of(per_run, binomial_sd=_binomial_sd(value) if accuracy else 0.0)
             rows.append({"alpha": alpha, "metric": name, "original": value, "ours_mean": s.mean, "ours_sd": s.sd,
                          "n": s.n, "difference": s.mean - value, "pi_half_width": s.half_width,
