@@ -93,9 +93,6 @@ def part_setup(name: str, rows: pd.DataFrame) -> str:
     if rows.empty:
         return ""
     groups = [g for g in (_group(rows, keys) for _, keys in GROUPS) if g]
-    return (
-        f"`{name}` ({len(rows)} runs): {_data(rows)}; "
-        + "; ".join(groups)
-        + (f"; {_seeds(rows)}" if "seed" in rows else "")
-        + "."
-    )
+    runs = f"{len(rows)} run{'' if len(rows) == 1 else 's'}"
+    seeds = f"; {_seeds(rows)}" if "seed" in rows else ""
+    return f"`{name}` ({runs}): {_data(rows)}; " + "; ".join(groups) + seeds + "."
