@@ -208,6 +208,7 @@ def test_setup_is_generated_from_the_runs() -> None:
         "lr; label_flip (poison_ratio 0.4); adam (lr 0.01, batch_size 300, epochs 40); dpsgd (clip 2/4/8, noise 0); "
         "seeds 0–2."
     )
+    assert part_setup("dp", rows.iloc[:1]).startswith("`dp` (1 run): FashionMNIST-3/4")
 
 
 def test_evidence_per_sample_telemetry_and_the_batch_mean_artifact() -> None:
