@@ -1,173 +1,112 @@
-"""A claim's checks: which runs form each arm, which test compares them, and what must hold before it can.
+"""A claim's checks: which arms they compare, which test, at which levels, and what must hold first.
 
-A check reads the ok runs of its claim's sweeps (``frames``: part name → ``load_runs`` rows with status ok, plus
-any derived columns) and returns a ``stats.Outcome``. Arms select rows by config values (``where``), never by
-folder names. ``Scaled`` makes a null or claimed value relative to an arm's mean (e.g. "a 2× reduction":
-claimed = 0.5 · mean of the vanilla arm).
+Each check kind's ``evaluate(frames, alpha=…)`` returns a ``verdicts.Outcome``: ``not testable here`` when a
+precondition fails, else the test's verdict at one-sided level ``alpha`` (``evaluate.py`` passes Holm's share).
+
+Levels (``arms.Level``): ``null`` is the no-effect value on the oriented axis (a "does not reduce by 2×" check puts
+it at minus the 2× reduction: a non-inferiority margin); ``claimed`` is the paper's size of the effect, taken from
+the same figure and dataset (``arms.Paper``); left out (None), or on another dataset, the check is direction-only
+(claimed = null).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from gsdefense.reproduce import stats
-from gsdefense.reproduce.stats import Outcome, Summary
-
-Frames = Mapping[str, pd.DataFrame]
-
-
-@dataclass(frozen=True)
-class Arm:
-    """The ok runs of sweep ``part`` whose config matches ``where`` (numbers compared with a tolerance)."""
-
-    part: str
-    label: str
-    where: Mapping[str, Any] = field(default_factory=dict)
-    paper: float | None = None  # the paper's value of this arm's metric, drawn in the figure
-
-    def rows(self, frames: Frames) -> pd.DataFrame:
-        if self.part not in frames:
-            return pd.DataFrame()
-        df = frames[self.part]
-        keep = np.ones(len(df), dtype=bool)
-        for column, value in self.where.items():
-            if column not in df:
-                return df.iloc[0:0]
-            col = df[column]
-            if value is None:
-                keep &= col.isna().to_numpy()
-            elif isinstance(value, bool | str):
-                keep &= (col == value).to_numpy()
-            else:
-                keep &= np.isclose(pd.to_numeric(col, errors="coerce").to_numpy(dtype=float), float(value))
-        return df[keep]
-
-    def values(self, frames: Frames, metric: str) -> list[float]:
-        rows = self.rows(frames)
-        if metric not in rows:
-            return []
-        return [float(v) for v in pd.to_numeric(rows[metric], errors="coerce") if np.isfinite(v)]
-
-
-@dataclass(frozen=True)
-class Scaled:
-    """``factor`` × the mean of ``arm``'s metric: a null or claimed value relative to a baseline."""
-
-    arm: str  # "high" or "low" (Compare), or the arm's label
-    factor: float
-
-    def value(self, means: Mapping[str, float]) -> float:
-        return self.factor * means[self.arm]
-
-
-Level = float | Scaled
-
-
-def _level(level: Level, means: Mapping[str, float]) -> float:
-    return level.value(means) if isinstance(level, Scaled) else float(level)
-
-
-@dataclass(frozen=True)
-class Present:
-    """Precondition: ``arm``'s metric is above ``above``; else the check is not testable here, for the reason ``why``
-    (formatted with ``{mean}``, ``{sd}``, ``{n}``).
-
-    ``significant``: above by a one-sided t-test at α (``stats.present``: for noisy effects such as RAD); else the
-    mean must exceed it (for success rates: any success at all is an effect, however few the seeds).
-    """
-
-    arm: Arm
-    metric: str
-    why: str
-    above: float = 0.0
-    significant: bool = True
-
-    def failure(self, frames: Frames) -> str | None:
-        values = self.arm.values(frames, self.metric)
-        s = Summary.of(values)
-        ok = stats.present(values, above=self.above)[0] if self.significant else bool(s.n and s.mean > self.above)
-        return None if ok else self.why.format(mean=s.mean, sd=s.sd, n=s.n)
-
-
-@dataclass(frozen=True)
-class AtMost:
-    """Precondition: the mean of ``arm``'s metric is at most ``limit``; else not testable, for the reason ``why``."""
-
-    arm: Arm
-    metric: str
-    limit: float
-    why: str
-
-    def failure(self, frames: Frames) -> str | None:
-        s = Summary.of(self.arm.values(frames, self.metric))
-        return None if s.n and s.mean <= self.limit else self.why.format(mean=s.mean, sd=s.sd, n=s.n)
-
-
-@dataclass(frozen=True)
-class Exceeds:
-    """Precondition: ``high``'s metric exceeds ``low``'s by more than ``by`` (one-sided Welch at α); else not
-    testable, for the reason ``why`` (formatted with ``{high}`` and ``{low}``, the arms' means)."""
-
-    high: Arm
-    low: Arm
-    metric: str
-    why: str
-    by: float = 0.0
-
-    def failure(self, frames: Frames) -> str | None:
-        high, low = self.high.values(frames, self.metric), self.low.values(frames, self.metric)
-        out = stats.welch(high, low, null=self.by, claimed=self.by)
-        if out.ci is not None and out.ci[0] > self.by:
-            return None
-        return self.why.format(high=Summary.of(high).mean, low=Summary.of(low).mean)
-
-
-Precondition = Present | AtMost | Exceeds
+from gsdefense.reproduce.arms import Arm, Frames, Level, dataset_id, resolve
+from gsdefense.reproduce.preconditions import Precondition, untestable_reasons
+from gsdefense.reproduce.verdicts import ALPHA, Outcome, Summary
 
 
 def _untestable(check: Check, frames: Frames) -> Outcome | None:
     """``not testable here`` with every failing precondition's reason (and the arms' numbers), or None."""
-    reasons = [r for r in (p.failure(frames) for p in check.requires) if r]
+    reasons = untestable_reasons(check.requires, frames)
     if not reasons:
         return None
     arms = {arm.label: Summary.of(arm.values(frames, check.metric)) for arm in check.arms}
     return Outcome("not testable here", check.test, "; ".join(reasons), arms=arms, name=check.name)
 
 
+def _dataset(check: Check, frames: Frames) -> str | None:
+    return next((d for d in (dataset_id(a.rows(frames)) for a in check.arms) if d), None)
+
+
+def _levels(check: Check, means: dict[str, float], frames: Frames) -> tuple[float, float, str]:
+    """(null, claimed, note) on the runs' dataset: a ``Paper`` level of another dataset falls back to direction
+    only; a relative claim below its null (a baseline below zero) degenerates to the null."""
+    dataset = _dataset(check, frames)
+    null, null_why = resolve(check.null, means, dataset)
+    claimed, claimed_why = resolve(check.claimed, means, dataset)
+    null = 0.0 if null is None else null
+    if math.isnan(null) or (claimed is not None and math.isnan(claimed)):
+        return 0.0, 0.0, ""  # an empty baseline: too_few makes it inconclusive
+    notes = [f"null 0 ({null_why})"] if null_why else []
+    notes += [f"direction only ({claimed_why})"] if claimed_why else []
+    return null, null if claimed is None else max(claimed, null), "; ".join(notes)
+
+
 @dataclass(frozen=True)
 class Compare:
-    """Claim: ``high``'s metric exceeds ``low``'s by at least ``claimed`` (Welch; e = mean(high) − mean(low))."""
+    """Claim: ``high``'s metric exceeds ``low``'s by at least ``claimed`` (e = mean(high) − mean(low); paired by
+    seed when both arms ran the same seeds)."""
 
     name: str
     metric: str
     high: Arm
     low: Arm
     null: Level = 0.0
-    claimed: Level = 0.0
+    claimed: Level | None = None
     requires: tuple[Precondition, ...] = ()
-    test = "one-sided Welch t-test"
+    test = "one-sided t-test (paired by seed, else Welch)"
 
     @property
     def arms(self) -> tuple[Arm, ...]:
         return (self.high, self.low)
 
-    def evaluate(self, frames: Frames) -> Outcome:
+    def evaluate(self, frames: Frames, *, alpha: float = ALPHA) -> Outcome:
         if (skip := _untestable(self, frames)) is not None:
             return skip
-        high, low = self.high.values(frames, self.metric), self.low.values(frames, self.metric)
+        (high, hs), (low, ls) = self.high.pairs(frames, self.metric), self.low.pairs(frames, self.metric)
         means = {"high": Summary.of(high).mean, "low": Summary.of(low).mean}
-        null, claimed = _level(self.null, means), _level(self.claimed, means)
-        if math.isnan(null) or math.isnan(claimed):
-            null, claimed = 0.0, 0.0  # an empty baseline: stats.too_few makes it inconclusive
-        claimed = max(claimed, null)  # a relative claim on a baseline below zero degenerates to the null
-        out = stats.welch(high, low, labels=(self.high.label, self.low.label), null=null, claimed=claimed)
-        return out.named(self.name)
+        null, claimed, note = _levels(self, means, frames)
+        out = stats.compare(high, low, labels=(self.high.label, self.low.label), seeds=(hs, ls), null=null,
+                            claimed=claimed, alpha=alpha)  # fmt: skip
+        return replace(out, name=self.name, note=note)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Claim: ``high``'s mean is at least ``claimed`` × ``low``'s (e = mean(high) / mean(low), e.g. the share of a
+    backdoor's success DP retains); ``null`` is the ratio that would refute it."""
+
+    name: str
+    metric: str
+    high: Arm
+    low: Arm
+    null: Level = 1.0
+    claimed: Level | None = None
+    requires: tuple[Precondition, ...] = ()
+    test = "one-sided ratio test (paired by seed, else Welch; Fieller CI)"
+
+    @property
+    def arms(self) -> tuple[Arm, ...]:
+        return (self.high, self.low)
+
+    def evaluate(self, frames: Frames, *, alpha: float = ALPHA) -> Outcome:
+        if (skip := _untestable(self, frames)) is not None:
+            return skip
+        (high, hs), (low, ls) = self.high.pairs(frames, self.metric), self.low.pairs(frames, self.metric)
+        means = {"high": Summary.of(high).mean, "low": Summary.of(low).mean}
+        null, claimed, note = _levels(self, means, frames)
+        out = stats.ratio(high, low, labels=(self.high.label, self.low.label), seeds=(hs, ls), null=null,
+                          claimed=claimed, alpha=alpha)  # fmt: skip
+        return replace(out, name=self.name, note=note)
 
 
 @dataclass(frozen=True)
@@ -177,8 +116,8 @@ class OneSample:
     name: str
     metric: str
     arm: Arm
-    null: float = 0.0
-    claimed: float = 0.0
+    null: Level = 0.0
+    claimed: Level | None = None
     requires: tuple[Precondition, ...] = ()
     test = "one-sided one-sample t-test"
 
@@ -186,11 +125,13 @@ class OneSample:
     def arms(self) -> tuple[Arm, ...]:
         return (self.arm,)
 
-    def evaluate(self, frames: Frames) -> Outcome:
+    def evaluate(self, frames: Frames, *, alpha: float = ALPHA) -> Outcome:
         if (skip := _untestable(self, frames)) is not None:
             return skip
         values = self.arm.values(frames, self.metric)
-        return stats.one_sample(values, label=self.arm.label, null=self.null, claimed=self.claimed).named(self.name)
+        null, claimed, note = _levels(self, {self.arm.label: Summary.of(values).mean}, frames)
+        out = stats.one_sample(values, label=self.arm.label, null=null, claimed=claimed, alpha=alpha)
+        return replace(out, name=self.name, note=note)
 
 
 @dataclass(frozen=True)
@@ -209,21 +150,22 @@ class Trend:
     def arms(self) -> tuple[Arm, ...]:
         return (self.arm,)
 
-    def evaluate(self, frames: Frames) -> Outcome:
+    def evaluate(self, frames: Frames, *, alpha: float = ALPHA) -> Outcome:
         if (skip := _untestable(self, frames)) is not None:
             return skip
         rows = self.arm.rows(frames)
         if self.metric not in rows or self.x not in rows:
             return stats.trend([], [], sign=self.sign, label=self.arm.label).named(self.name)
         pairs = rows[[self.x, self.metric]].apply(pd.to_numeric, errors="coerce").dropna()
-        out = stats.trend(pairs[self.x], pairs[self.metric], sign=self.sign, label=self.arm.label)
+        out = stats.trend(pairs[self.x], pairs[self.metric], sign=self.sign, label=self.arm.label, alpha=alpha)
         return out.named(self.name)
 
 
 @dataclass(frozen=True)
 class BudgetCompare:
     """Claim: within a utility budget (mean ``budget_metric`` ≤ ``budget``), the best setting (lowest mean ``metric``)
-    of ``low`` beats the best of ``high`` (Welch on ``metric``: e = best(high) − best(low), direction only).
+    of ``low`` beats the best of ``high`` (e = best(high) − best(low), direction only; paired by seed when both
+    best settings ran the same seeds).
 
     ``high``/``low`` hold every setting of a mechanism; settings are the distinct values of ``by``. The best
     setting is chosen on the same runs that are then compared: the selection is optimistic for both sides alike.
@@ -237,27 +179,27 @@ class BudgetCompare:
     high: Arm
     low: Arm
     requires: tuple[Precondition, ...] = ()
-    test = "one-sided Welch t-test"
+    test = "one-sided t-test (paired by seed, else Welch)"
 
     @property
     def arms(self) -> tuple[Arm, ...]:
         return (self.high, self.low)
 
-    def best(self, arm: Arm, frames: Frames) -> tuple[Any, list[float]] | None:
+    def best(self, arm: Arm, frames: Frames) -> tuple[Any, list[float], list[object]] | None:
         rows = arm.rows(frames)
         if rows.empty or self.by not in rows:
             return None
         chosen = None
         for setting, part in rows.groupby(self.by, dropna=False, sort=True):
             cost = pd.to_numeric(part[self.budget_metric], errors="coerce").dropna()
-            values = [float(v) for v in pd.to_numeric(part[self.metric], errors="coerce").dropna()]
+            values, seeds = Arm(arm.part, arm.label).pairs({arm.part: part}, self.metric)
             if cost.empty or not values or cost.mean() > self.budget:
                 continue
             if chosen is None or np.mean(values) < np.mean(chosen[1]):
-                chosen = (setting, values)
+                chosen = (setting, values, seeds)
         return chosen
 
-    def evaluate(self, frames: Frames) -> Outcome:
+    def evaluate(self, frames: Frames, *, alpha: float = ALPHA) -> Outcome:
         if (skip := _untestable(self, frames)) is not None:
             return skip
         picks = {arm.label: self.best(arm, frames) for arm in (self.high, self.low)}
@@ -265,9 +207,9 @@ class BudgetCompare:
         if empty:
             why = f"no setting of {', '.join(empty)} keeps the mean {self.budget_metric} <= {self.budget:g}"
             return Outcome("not testable here", self.test, why, name=self.name)
-        (hs, high), (ls, low) = picks[self.high.label], picks[self.low.label]
+        (hs, high, h_seeds), (ls, low, l_seeds) = picks[self.high.label], picks[self.low.label]
         labels = (f"{self.high.label} {self.by}={hs:g}", f"{self.low.label} {self.by}={ls:g}")
-        return stats.welch(high, low, labels=labels).named(self.name)
+        return stats.compare(high, low, labels=labels, seeds=(h_seeds, l_seeds), alpha=alpha).named(self.name)
 
 
-Check = Compare | OneSample | Trend | BudgetCompare
+Check = Compare | Ratio | OneSample | Trend | BudgetCompare

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from gsdefense.reproduce.checks import Arm, BudgetCompare, Compare, OneSample, Scaled
+from gsdefense.reproduce.arms import Arm, Paper, Scaled
+from gsdefense.reproduce.checks import BudgetCompare, Compare, OneSample
 from gsdefense.reproduce.claims_hong import NO_DP, succeeds
+from gsdefense.reproduce.preconditions import Uncensored
 from gsdefense.reproduce.spec import Claim, Part
 
 # Poison Frogs on digits (9 ← 7, the presets' small command), made to succeed without DP: Table 4's MLP (one FC256),
@@ -64,17 +66,24 @@ H4 = Claim(
             "asr",
             _H4_VAN,
             Arm("dp", "C=1", {"dp.clip": 1.0}, paper=0.0133),
-            claimed=Scaled("high", 0.5),
+            claimed=Paper(Scaled("high", 0.5), "fashion_mnist", "Fig. 5"),
             requires=(succeeds(_H4_VAN, ONESHOT_ABSENT),),
         ),
     ),
     ours="C=1",
+    paper_skip="Fig. 5's FashionMNIST panel tries, for each of 100 targets, up to 100 one-shot poisons one at a time, "
+    "each try re-training the DP-pretrained MLP for up to 50 epochs on 60,000 images: at ~2 s of CPU per epoch here "
+    "(measured on the insertion claim's MLP, without DP; DP is slower) one target is up to 100 × 50 × 2 s ≈ 2.8 h, "
+    "the panel's 5 clips × 100 targets years of one core. It needs a cluster or GPUs.",
 )
 
 # An arm's ``paper`` value is of one metric: the C=8 arm holds 1.08 poisons needed, and success ≥ 94.67 % (LR).
 _H5_C8, _H5_C1 = Arm("clip", "C=8", {"dp.clip": 8.0}, paper=1.08), Arm("clip", "C=1", {"dp.clip": 1.0})
 _H5_C8_ASR = Arm("clip", "C=8", {"dp.clip": 8.0}, paper=0.9467)
 _H5_VAN, _H5_S1 = Arm("vanilla", "vanilla"), Arm("noise", "C=4 σ=1", {"dp.noise": 1.0}, paper=0.0)
+# One censoring rule for every check that reads success or poisons needed at C=1 and C=8: the paper tried ~100
+# poisons per target; with fewer tried, a target that did not fall has unknown success and poisons needed.
+_H5_UNCENSORED = (Uncensored(_H5_C1, 100), Uncensored(_H5_C8, 100))
 H5 = Claim(
     id="H5",
     text="Against multi-poison Poison Frogs, clipping raises the poisons needed but not the success rate; noise "
@@ -95,20 +104,15 @@ H5 = Claim(
             "mean_poisons_needed",
             _H5_C1,
             _H5_C8,
-            requires=(
-                succeeds(_H5_C8, "the attack hardly works at C=8"),
-                succeeds(
-                    _H5_C1, "hardly any target falls at C=1", "the poisons it needs exceed the 20 tried (censored)"
-                ),
-            ),
+            requires=(succeeds(_H5_C8, "the attack hardly works at C=8"), *_H5_UNCENSORED),
         ),
         Compare(
             "C=1 does not halve success vs C=8 (C1 − C8 > −0.5 × C8)",
             "asr",
             _H5_C1,
             _H5_C8_ASR,
-            null=Scaled("low", -0.5),
-            requires=(succeeds(_H5_C8, "the attack hardly works at C=8"),),
+            null=Scaled("low", -0.5),  # a non-inferiority margin
+            requires=(succeeds(_H5_C8, "the attack hardly works at C=8"), *_H5_UNCENSORED),
         ),
         Compare(
             "σ=1 lowers success (vanilla − DP > 0)",
@@ -121,8 +125,8 @@ H5 = Claim(
             "... at a large utility cost: RAD at σ=1 above 0.1 (the paper's acceptable loss)",
             "rad",
             Arm("noise", "C=4 σ=1", {"dp.noise": 1.0}, paper=0.612),
-            null=0.1,
-            claimed=0.1,
+            null=Paper(0.1, "purchase100", "Fig. 6"),
+            claimed=Paper(0.612, "purchase100", "Fig. 6"),
         ),
     ),
     ours="C=1",
@@ -170,7 +174,7 @@ H6 = Claim(
             "asr",
             _VV1,
             _t3(True, False, "oneshot", "DP → vanilla", 0.1667),
-            claimed=Scaled("high", 1 - 16.67 / 46.58),
+            claimed=Paper(Scaled("high", 1 - 16.67 / 46.58), "purchase100", "Table 3"),
             requires=(succeeds(_VV1, ONESHOT_ABSENT),),
         ),
         Compare(
@@ -178,7 +182,7 @@ H6 = Claim(
             "asr",
             _VV1,
             _t3(False, True, "oneshot", "vanilla → DP", 0.1781),
-            claimed=Scaled("high", 1 - 17.81 / 46.58),
+            claimed=Paper(Scaled("high", 1 - 17.81 / 46.58), "purchase100", "Table 3"),
             requires=(succeeds(_VV1, ONESHOT_ABSENT),),
         ),
         Compare(
@@ -186,7 +190,7 @@ H6 = Claim(
             "asr",
             _VV_M,
             _t3(False, True, "multipoison", "V → DP", 0.6164),
-            claimed=Scaled("high", 1 - 0.6164),
+            claimed=Paper(Scaled("high", 1 - 0.6164), "purchase100", "Table 3"),
             requires=(succeeds(_VV_M, "the attack hardly works without DP"),),
         ),
     ),

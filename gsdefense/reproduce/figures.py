@@ -17,13 +17,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from gsdefense.reproduce.checks import Arm, BudgetCompare, Compare, OneSample, Trend
+from gsdefense.reproduce.arms import Arm
+from gsdefense.reproduce.checks import BudgetCompare, Compare, OneSample, Ratio, Trend
 from gsdefense.reproduce.evaluate import ClaimResult
-from gsdefense.reproduce.stats import Summary
+from gsdefense.reproduce.verdicts import Summary
 
 COLORS = {
     "reproduced": "tab:green",
-    "not reproduced": "tab:red",
+    "smaller than claimed": "tab:purple",
+    "opposite direction": "tab:red",
     "inconclusive": "tab:orange",
     "not testable here": "tab:gray",
 }
@@ -118,15 +120,17 @@ def claim_figure(result: ClaimResult) -> Figure:
             _trend_panel(ax, check, result.frames)
         elif isinstance(check, BudgetCompare):
             _budget_panel(ax, check, result.frames)
-        elif isinstance(check, Compare | OneSample):
+        elif isinstance(check, Compare | Ratio | OneSample):
             _arms_panel(ax, list(check.arms), check.metric, result.frames)
-        if isinstance(check, OneSample):
-            ax.axhline(check.null, color="gray", linestyle="--", linewidth=1)
-            if check.claimed != check.null:
-                ax.axhline(check.claimed, color="gray", linestyle=":", linewidth=1)
+        if isinstance(check, OneSample) and outcome.null is not None:  # the levels as resolved on these runs
+            ax.axhline(outcome.null, color="gray", linestyle="--", linewidth=1)
+            if outcome.claimed is not None and outcome.claimed != outcome.null:
+                ax.axhline(outcome.claimed, color="gray", linestyle=":", linewidth=1)
         p = "" if outcome.p_value is None else f", p={outcome.p_value:.2g}"
         ax.set_title(
-            textwrap.fill(check.name, WRAP) + f"\n{outcome.verdict}{p}", fontsize=8, color=COLORS[outcome.verdict]
+            textwrap.fill(check.name, WRAP) + f"\n{outcome.verdict}{p}",
+            fontsize=8,
+            color=COLORS.get(outcome.verdict, "black"),
         )
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(checks) :]:
@@ -135,6 +139,6 @@ def claim_figure(result: ClaimResult) -> Figure:
     fig.suptitle(
         f"{claim.id}: {textwrap.fill(claim.text, int(width * 13))}\nverdict: {result.verdict}",
         fontsize=10,
-        color=COLORS[result.verdict],
+        color=COLORS.get(result.verdict, "black"),
     )
     return fig

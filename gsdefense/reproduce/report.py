@@ -1,70 +1,53 @@
-"""Write the reproduction report into ``<out>``: ``README.md`` (how verdicts are computed, the summary table, a
-section per claim with its checks, figure, setup and the exact sweep commands at both scales), ``claims.csv``,
-``checks.csv``, ``data/<id>.csv`` (``tables``) and ``figures/<id>.png`` (``figures``)."""
+"""Write the reproduction report into ``<out>``: ``README.md`` (a tally line, how verdicts are computed, the summary
+table, a section per claim), ``claims.csv``, ``checks.csv``, ``sections/<id>.md``, ``data/<id>.csv``
+(``tables``) and ``figures/<id>.png`` (``figures``).
+
+Per claim: a run writes the sections, rows, data and figures of the claims it tested and keeps every other
+claim's (a ``--claims`` subset never erases the rest of a published report); the README is assembled from all.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import platform
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from gsdefense.reproduce.claims import BY_ID
 from gsdefense.reproduce.evaluate import ClaimResult
 from gsdefense.reproduce.figures import claim_figure
+from gsdefense.reproduce.report_text import RULES, SCALES, section_body, table
 from gsdefense.reproduce.runner import Sweep, SweepResult
-from gsdefense.reproduce.stats import ALPHA, Outcome
-from gsdefense.reproduce.tables import check_rows, claim_rows, ours, run_data
+from gsdefense.reproduce.spec import REPORTS, ROOT
+from gsdefense.reproduce.stats import Outcome
+from gsdefense.reproduce.tables import check_rows, claim_rows, merged, ours, run_data
+from gsdefense.reproduce.verdicts import VERDICTS
 
-RULES = f"""\
-Every check is oriented so that a larger effect e supports the claim, and names a *null* value (no effect; for a
-"does not reduce" claim, minus the reduction that would matter) and the *claimed* value (the paper's effect; equal
-to the null for a claim of direction only). With [lo, hi] the two-sided {100 * (1 - 2 * ALPHA):g}% confidence
-interval of e over seeds (so lo > null exactly when the one-sided test rejects at α = {ALPHA}):
-
-- **reproduced**: lo > null and hi ≥ claimed (an effect beyond the null, compatible with the claimed size);
-- **not reproduced**: hi < claimed (the data exclude the claimed effect, including the opposite direction);
-- **inconclusive**: lo ≤ null and hi ≥ claimed (the interval straddles both), or fewer than 2 ok runs in an arm;
-- **not testable here**: a precondition fails on the embedded data (e.g. the attack does not work even without
-  DP), with the measured reason; each claim's paper-scale commands are in its section.
-
-A claim is reproduced when all its testable checks are, not reproduced when any is, else inconclusive.
-Tests: one-sided Welch t-test (two arms), one-sample t-test, Spearman trend test with a bootstrap interval."""
-
-
-SCALES = """\
-**Scales.** `--scale embedded` (this report unless it says otherwise) runs each claim on offline stand-ins (digits,
-breast_cancer) with small schedules: it tests whether the *mechanism* a claim describes shows up there, not the
-papers' numbers, and each claim's **Setup** says what differs. `--scale paper` runs the presets at full size (each
-claim's paper-scale commands are in its section): FashionMNIST and CIFAR-10 under `GSDEFENSE_DATA_DIR` (fetched
-there when missing, given internet access), Purchase-100 at `GSDEFENSE_PURCHASE100`; meant for Slurm/GPUs
-(`--launcher slurm`, cluster settings in `conf/local/slurm.yaml`)."""
+WALL = "all (wall clock)"
 
 
 def _num(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub markdown table."""
-    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
-
-
 def interval(o: Outcome) -> str:
-    """``p = …, e = … [lo, hi]``, or "" without an interval."""
+    """``p = … (Holm …), e = … [lo, hi] (90% CI)``, or "" without an interval."""
     if o.ci is None:
         return ""
-    p = "" if o.p_value is None else f"p = {o.p_value:.2g}, "
-    return f"{p}e = {_num(o.effect)} [{_num(o.ci[0])}, {_num(o.ci[1])}]"
+    holm = f" (Holm {o.p_holm:.2g})" if o.p_holm is not None and o.p_value is not None and o.p_holm != o.p_value else ""
+    p = "" if o.p_value is None else f"p = {o.p_value:.2g}{holm}, "
+    return f"{p}e = {_num(o.effect)} [{_num(o.ci[0])}, {_num(o.ci[1])}] ({100 * (1 - 2 * o.alpha):.3g}% CI)"
 
 
 def headline(r: ClaimResult) -> str:
     """The primary check's interval (or reason) and, when another check decided the verdict, that check's."""
+    if r.needs:
+        return r.needs
     text = interval(r.primary) or r.primary.reason
     if r.primary.verdict == r.verdict:
         return text
@@ -72,60 +55,33 @@ def headline(r: ClaimResult) -> str:
     return text if decider is None else f"{text}; **decided by** {decider.name}: {interval(decider) or decider.reason}"
 
 
-def _commands(title: str, sweeps: Sequence[Sweep], timing: dict[str, float]) -> list[str]:
-    out = [title, ""]
-    for s in sweeps:
-        took = f" ({timing[s.key]:.0f} s)" if s.key in timing else ""
-        out += [f"- `{s.part.name}`{took}:", "", "  ```bash", f"  {s.shell()}", "  ```"]
-    return [*out, ""]
+def tally_text(verdicts: Sequence[str], *, scale: str) -> str:
+    """``At paper scale: 2 reproduced · 1 opposite direction · …``, verdicts in a fixed order."""
+    counts = Counter(verdicts)
+    order = [v for v in VERDICTS if v in counts] + sorted(v for v in counts if v not in VERDICTS)
+    return f"At {scale} scale: " + (" · ".join(f"{counts[v]} {v}" for v in order) or "no claims")
 
 
-def section(
-    r: ClaimResult, sweeps: Sequence[Sweep], paper: Sequence[Sweep] | None, timing: dict[str, float]
-) -> list[str]:
-    """A claim's part of the README."""
-    c = r.claim
-    arms = ["; ".join(f"{k}: {s.text()}" for k, s in o.arms.items()) or "—" for o in r.outcomes]
-    rows = [(o.name, o.test, a, interval(o) or o.reason, f"{_num(o.null)} / {_num(o.claimed)}", o.verdict)
-            for o, a in zip(r.outcomes, arms)]  # fmt: skip
-    header = ("check", "test", "arms: mean ± sd (n)", "p, effect [90% CI]", "null / claimed", "verdict")
-    out = [f"## {c.id}: {r.verdict}", "", f"**Claim.** {c.text}.", "", f"**Source.** {c.source}. **Paper:** {c.paper}.",
-           "", table(header, rows), ""]  # fmt: skip
-    out += [f"- *{o.name}*: not testable here: {o.reason}" for o in r.outcomes if o.verdict == "not testable here"]
-    out += ["", f"![{c.id}](figures/{c.id}.png)", ""]
-    notes = [*dict.fromkeys(p.note for p in c.parts if p.note), *c.notes]
-    out += ["**Setup.** " + " ".join(notes), ""] if notes else []
-    mine = [s for s in sweeps if s.claim == c.id]
-    out += _commands("**Sweeps** (from the repository root; each resumes when run again):", mine, timing)
-    if paper is not None:
-        run = f"python -m gsdefense.reproduce --scale paper --claims {c.id} --launcher slurm"
-        title = f"**Paper scale** (the presets at full size; supply the data): `{run}` runs"
-        out += _commands(title, paper, {})
-    if r.not_ok:
-        out += ["**Runs that are not ok** (left out of the tests):", ""]
-        out += [*(f"- `{d}` {st}: {e}" for d, st, e in r.not_ok), ""]
-    if r.problems:
-        out += ["**Problems while deriving values:**", "", *(f"- {p}" for p in r.problems), ""]
-    return out
+def tally(verdicts: Sequence[str], *, scale: str) -> str:
+    """The report's first line: ``**At paper scale: …** (11 claims)``."""
+    n = len(verdicts)
+    return f"**{tally_text(verdicts, scale=scale)}** ({n} claim{'' if n == 1 else 's'})"
 
 
-def readme(results: Sequence[ClaimResult], *, sweeps: Sequence[Sweep], paper_sweeps: Sequence[Sweep],
-           timing: dict[str, float], wall: float | None, measured: bool, command: str, scale: str) -> str:  # fmt: skip
-    rows = [(r.claim.id, r.claim.text, r.claim.source, r.claim.paper, f"{ours(r)[0].text()} ({r.claim.ours})",
-             r.primary.test, headline(r), f"**{r.verdict}**") for r in results]  # fmt: skip
-    header = ("id", "claim", "source", "paper", "ours: mean ± sd (n)", "test", "p, effect [90% CI]", "verdict")
-    head = [
-        "# Which claims hold: the reproduction report", "",
-        f"Generated by `{command}` (scale: {scale}). {_took(wall, measured)} "
-        "`claims.csv` and `checks.csv` hold the numbers below; `data/<id>.csv` the runs behind each claim.", "",
-        "## How verdicts are computed", "", RULES, "", SCALES, "", "## Summary", "", table(header, rows), "",
-    ]  # fmt: skip
-
-    def paper(claim_id: str) -> list[Sweep] | None:  # at paper scale the sweeps above are the paper's
-        return None if scale == "paper" else [s for s in paper_sweeps if s.claim == claim_id]
-
-    body = [line for r in results for line in section(r, sweeps, paper(r.claim.id), timing)]
-    return "\n".join(head + body)
+def update_tally(readme: Path, *, scale: str, line: str) -> bool:
+    """Replace the text between ``<!-- tally:<scale> -->`` and ``<!-- /tally -->`` in the project README (its first
+    screen shows each committed report's tally); False when the markers are not there."""
+    start, end = f"<!-- tally:{scale} -->", "<!-- /tally -->"
+    try:
+        text = readme.read_text()
+    except OSError:
+        return False
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i >= 0 else -1
+    if j < 0:
+        return False
+    readme.write_text(text[: i + len(start)] + line + text[j:])
+    return True
 
 
 def ignore_sweeps(out: Path) -> None:
@@ -134,50 +90,109 @@ def ignore_sweeps(out: Path) -> None:
     (out / ".gitignore").write_text("# written by python -m gsdefense.reproduce: the sweeps stay out of git\nsweeps/\n")
 
 
+def saved_seconds(out: Path) -> dict[str, float]:
+    """Each sweep's seconds as ``<out>/timing.csv`` last recorded them (empty without one)."""
+    try:
+        saved = pd.read_csv(out / "timing.csv")
+        return {k: float(v) for k, v in zip(saved["sweep"], saved["seconds"]) if k != WALL and v == v}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def timings(out: Path, runs: Sequence[SweepResult], wall: float | None) -> tuple[dict[str, float], float | None, bool]:
+    """(seconds per sweep, wall-clock seconds of a full run, measured now). Sweeps that ran now replace their rows of
+    ``timing.csv`` (the others are kept); the wall-clock row is replaced only by a run of every claim (``wall``)."""
+    path = out / "timing.csv"
+    saved = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["sweep", "seconds", "returncode", "cpus"])
+    fresh = pd.DataFrame([{"sweep": r.sweep.key, "seconds": r.seconds, "returncode": r.returncode,
+                           "cpus": os.cpu_count()} for r in runs])  # fmt: skip
+    if wall is not None:
+        fresh = pd.concat([fresh, pd.DataFrame([{"sweep": WALL, "seconds": wall, "cpus": os.cpu_count()}])])
+    if not fresh.empty:
+        keep = saved[~saved["sweep"].isin(set(fresh["sweep"]))]
+        saved = pd.concat([keep, fresh], ignore_index=True)
+        saved.to_csv(path, index=False)
+    per = saved[saved["sweep"] != WALL]
+    total = saved.loc[saved["sweep"] == WALL, "seconds"]
+    return dict(zip(per["sweep"], per["seconds"])), float(total.iloc[0]) if len(total) else None, wall is not None
+
+
 def _took(wall: float | None, measured: bool) -> str:
     if wall is None:
-        return "No sweep timings are recorded here (timing.csv)."
-    when = (
-        "Its sweeps took"
-        if measured
-        else "The sweeps took, when they last ran (this command only recomputed the report),"
-    )
+        return "No full run's wall-clock time is recorded here yet (timing.csv has each sweep's)."
+    when = "Its sweeps took" if measured else "A full run's sweeps took, when they last ran,"
     return (f"{when} {wall / 60:.1f} min of wall-clock time on {platform.machine()} with {os.cpu_count()} CPUs; "
             "a run already complete is skipped, not retrained, so a rerun takes less.")  # fmt: skip
 
 
-def timings(out: Path, runs: Sequence[SweepResult], wall: float | None) -> tuple[dict[str, float], float | None, bool]:
-    """(seconds per sweep, wall-clock seconds of all, measured now): from ``runs`` (saved to ``timing.csv``), or, when
-    nothing ran (``--report-only``), as ``timing.csv`` recorded them."""
-    path = out / "timing.csv"
-    if runs:
-        rows = [{"sweep": r.sweep.key, "seconds": r.seconds, "returncode": r.returncode} for r in runs]
-        pd.DataFrame([*rows, {"sweep": "all (wall clock)", "seconds": wall, "returncode": None}]).to_csv(
-            path, index=False
-        )
-        return {r.sweep.key: r.seconds for r in runs}, wall, True
-    if not path.exists():
-        return {}, None, False
-    saved = pd.read_csv(path)
-    total = saved[saved["sweep"] == "all (wall clock)"]["seconds"]
-    per = saved[saved["sweep"] != "all (wall clock)"]
-    return dict(zip(per["sweep"], per["seconds"])), float(total.iloc[0]) if len(total) else None, False
+def write_claims(out: Path, results: Sequence[ClaimResult], *, scale: str, sweeps: Sequence[Sweep],
+                 paper_sweeps: Sequence[Sweep], timing: dict[str, float]) -> None:  # fmt: skip
+    """The tested claims' sections, rows, data and figures (other claims' files are kept)."""
+    for folder in ("figures", "data", "sections"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    text = {}
+    for r in results:
+        summary = "—" if r.needs else f"{ours(r)[0].text()} ({r.claim.ours})"
+        text[r.claim.id] = (summary, headline(r))
+        mine = [s for s in sweeps if s.claim == r.claim.id]
+        theirs = None if scale == "paper" else [s for s in paper_sweeps if s.claim == r.claim.id]
+        body = section_body(r, scale=scale, sweeps=mine, paper=theirs, timing=timing, interval=interval)
+        (out / "sections" / f"{r.claim.id}.md").write_text("\n".join(body) + "\n")
+        if not r.needs:
+            fig = claim_figure(r)
+            fig.savefig(out / "figures" / f"{r.claim.id}.png", dpi=110)
+            plt.close(fig)
+            run_data(r, out=out).to_csv(out / "data" / f"{r.claim.id}.csv", index=False)
+    order = list(BY_ID)
+    merged(out / "claims.csv", claim_rows(results, scale=scale, text=text), order=order).to_csv(
+        out / "claims.csv", index=False
+    )
+    merged(out / "checks.csv", check_rows(results), order=order).to_csv(out / "checks.csv", index=False)
+
+
+def readme(out: Path, *, scale: str, command: str, wall: float | None, measured: bool) -> str:
+    """README.md from ``claims.csv`` and ``sections/`` (every claim the folder has, in report order)."""
+    claims = pd.read_csv(out / "claims.csv").fillna("")
+    rows = [(c.id, c.claim, c.source, c.paper, c.ours, c.headline, f"**{c.verdict}** ({scale})")
+            for c in claims.itertuples()]  # fmt: skip
+    header = ("id", "claim", "source", "paper", "ours: mean ± sd (n)", "p, effect [CI]", "verdict")
+    other = "../reproduction-paper/README.md" if scale == "embedded" else "../reproduction/README.md"
+    original = (" The original code's released numbers, cell by cell beside ours: [original/](original/README.md)."
+                if scale == "paper" and (out / "original" / "README.md").exists() else "")  # fmt: skip
+    head = [
+        f"# Which claims hold at {scale} scale",
+        "",
+        tally(list(claims["verdict"]), scale=scale),
+        "",
+        f"Generated by `{command}`. {_took(wall, measured)} `claims.csv` and `checks.csv` hold the numbers below; "
+        f"`data/<id>.csv` the runs behind each claim. The other scale's report: [{other}]({other}).{original}",
+        "",
+        "## How verdicts are computed",
+        "",
+        RULES,
+        "",
+        SCALES,
+        "",
+        "## Summary",
+        "",
+        table(header, rows),
+        "",
+    ]
+    paths = [out / "sections" / f"{claim_id}.md" for claim_id in claims["id"]]
+    sections = [p.read_text() for p in paths if p.exists()]
+    return "\n".join(head) + "\n" + "\n".join(sections)
 
 
 def write(out: Path, results: Sequence[ClaimResult], *, runs: Sequence[SweepResult], wall: float | None,
-          **kwargs) -> Path:  # fmt: skip
-    """Write every report file into ``out``; returns the README's path."""
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    (out / "data").mkdir(exist_ok=True)
-    claim_rows(results).to_csv(out / "claims.csv", index=False)
-    check_rows(results).to_csv(out / "checks.csv", index=False)
-    for r in results:
-        fig = claim_figure(r)
-        fig.savefig(out / "figures" / f"{r.claim.id}.png", dpi=110)
-        plt.close(fig)
-        run_data(r, out=out).to_csv(out / "data" / f"{r.claim.id}.csv", index=False)
+          sweeps: Sequence[Sweep], paper_sweeps: Sequence[Sweep], command: str, scale: str) -> Path:  # fmt: skip
+    """Write the tested claims' files and reassemble the README; returns its path. ``wall``: the wall-clock time of a
+    run of every claim (None for a subset or no run)."""
     ignore_sweeps(out)
-    path = out / "README.md"
     timing, total, measured = timings(out, runs, wall)
-    path.write_text(readme(results, timing=timing, wall=total, measured=measured, **kwargs))
+    write_claims(out, results, scale=scale, sweeps=sweeps, paper_sweeps=paper_sweeps, timing=timing)
+    path = out / "README.md"
+    path.write_text(readme(out, scale=scale, command=command, wall=total, measured=measured))
+    if out.resolve() == (ROOT / REPORTS[scale]).resolve():  # the committed report: keep the project README's tally
+        verdicts = list(pd.read_csv(out / "claims.csv")["verdict"])
+        update_tally(ROOT / "README.md", scale=scale, line=tally_text(verdicts, scale=scale))
     return path

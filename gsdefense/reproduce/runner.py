@@ -71,18 +71,30 @@ def launcher_for(part: Part, launcher: str) -> str | None:
 def plan(
     claims: Sequence[Claim], *, scale: str, out: Path, seeds: int | None, launcher: str = "basic", smoke: bool = False
 ) -> list[Sweep]:
-    """Every sweep of ``claims``: seeds = ``seeds`` or each claim's own (3 at paper scale; 1 with ``smoke``)."""
+    """Every sweep of ``claims``: seeds = ``seeds`` or each claim's own at the scale (1 with ``smoke``)."""
     if seeds is not None and seeds < 1:
         raise ConfigError("--seeds", f"must be at least 1 (got {seeds}).", "e.g. --seeds 3.")
     sweeps = []
     for claim in claims:
-        n = 1 if smoke else seeds or (claim.seeds if scale == "embedded" else 3)
-        for part in claim.parts:
-            sweep_dir = out / "sweeps" / claim.id / part.name
-            name = launcher_for(part, launcher)
-            hydra = ((f"hydra/launcher={name}",) if name else ()) + (f"hydra.sweep.dir={sweep_dir}",)
-            config = (*part.overrides(scale=scale, smoke=smoke), seed_override(n))
-            sweeps.append(Sweep(claim.id, part, config, hydra, n, sweep_dir))
+        n = seeds or (claim.seeds if scale == "embedded" else claim.paper_seeds)
+        sweeps += plan_parts(claim.id, claim.parts, scale=scale, out=out, seeds=n, launcher=launcher, smoke=smoke)
+    return sweeps
+
+
+def plan_parts(
+    name: str, parts: Sequence[Part], *, scale: str, out: Path, seeds: int, launcher: str = "basic", smoke: bool = False
+) -> list[Sweep]:
+    """The sweeps of ``parts`` in ``<out>/sweeps/<name>/<part>``, ``seeds`` seeds each (1 with ``smoke``)."""
+    if seeds < 1:
+        raise ConfigError("--seeds", f"must be at least 1 (got {seeds}).", "e.g. --seeds 3.")
+    n = 1 if smoke else seeds
+    sweeps = []
+    for part in parts:
+        sweep_dir = out / "sweeps" / name / part.name
+        launch = launcher_for(part, launcher)
+        hydra = ((f"hydra/launcher={launch}",) if launch else ()) + (f"hydra.sweep.dir={sweep_dir}",)
+        config = (*part.overrides(scale=scale, smoke=smoke), seed_override(n))
+        sweeps.append(Sweep(name, part, config, hydra, n, sweep_dir))
     return sweeps
 
 
@@ -118,6 +130,13 @@ def _summary_line(log: Path) -> str:
     return found[-1].split(": ", 1)[1] if found else ""
 
 
+def longest_first(sweeps: Sequence[Sweep], seconds: dict[str, float] | None = None) -> list[Sweep]:
+    """The sweeps by expected time, longest first (a sweep's last measured seconds, else its part's ``cost`` × seeds;
+    ties keep their order), so that with several at once the long ones do not start last."""
+    seconds = seconds or {}
+    return sorted(sweeps, key=lambda s: -(seconds.get(s.key) or s.part.cost * s.seeds))
+
+
 def run_all(sweeps: Sequence[Sweep], *, jobs: int = 1, echo: Callable[[str], None] = print) -> list[SweepResult]:
     """Run the sweeps, ``jobs`` at a time, in the given order; results in the same order."""
     if jobs < 1:
@@ -134,21 +153,27 @@ def _first_value(override: str) -> str:
     return f"{key}={value.split(',', 1)[0]}" if sep and not value.startswith("[") else override
 
 
-def compose_check(sweep: Sweep) -> str | None:
-    """Compose the sweep's first job in-process and identify it (``run_id`` validates every group); the error
-    as one line, or None. Checks the plan without training or data (paper-scale data need not be present)."""
+def compose_first(sweep: Sweep):
+    """The sweep's first job's config, composed in-process as ``launch.py`` would (no training, no data)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from gsdefense.identity import run_id
 
     first = [_first_value(o) for o in sweep.overrides if not o.startswith("hydra.")]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(LAUNCH.parent / "conf"), version_base="1.3"):
-            run_id(compose(config_name="config", overrides=first))
-    except Exception as err:  # noqa: BLE001 - any composition error is reported as one line
-        return " ".join(f"{type(err).__name__}: {err}".split())
+            return compose(config_name="config", overrides=first)
     finally:
         GlobalHydra.instance().clear()
+
+
+def compose_check(sweep: Sweep) -> str | None:
+    """Compose the sweep's first job and identify it (``run_id`` validates every group); the error as one line, or
+    None. Checks the plan without training or data (paper-scale data need not be present)."""
+    from gsdefense.identity import run_id
+
+    try:
+        run_id(compose_first(sweep))
+    except Exception as err:  # noqa: BLE001 - any composition error is reported as one line
+        return " ".join(f"{type(err).__name__}: {err}".split())
     return None

@@ -11,12 +11,16 @@ position of the key's first appearance, so a command is the same every time and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from gsdefense.reproduce.arms import Frames
 from gsdefense.reproduce.checks import Check
 
 SCALES = ("embedded", "paper")
+ROOT = Path(__file__).resolve().parents[2]
+REPORTS = {"embedded": Path("docs/reproduction"), "paper": Path("docs/reproduction-paper")}  # relative to ROOT
 
 
 def override_key(override: str) -> str:
@@ -48,7 +52,9 @@ class Part:
     smoke: tuple[str, ...] = ()
     fused: bool = False  # the grid varies only dp.clip / dp.noise / dp.delta / optimizer.lr (and the seed)
     derive: str | None = None  # per-run values computed from the run's files (``evidence.DERIVE``)
-    note: str = ""  # why the embedded setup is what it is
+    note: str = ""  # why the embedded setup is what it is (the setup itself is generated from the runs)
+    paper_note: str = ""  # why the paper-scale setup is what it is (a schedule cut here, and its measured effect)
+    cost: float = 0.0  # CPU seconds per seed at paper scale on one core here (from measured runs): longest first
 
     def overrides(self, *, scale: str, smoke: bool = False) -> list[str]:
         if scale not in SCALES:
@@ -72,7 +78,10 @@ class Claim:
     ours: str  # label of the primary check's arm whose mean ± sd is "ours" (the paper_value's counterpart)
     paper_value: float | None = None
     seeds: int = 3  # default number of seeds at the embedded scale (--seeds overrides)
+    paper_seeds: int = 3  # ... at paper scale
     notes: tuple[str, ...] = field(default_factory=tuple)  # deviations and caveats, shown under the claim
+    findings: tuple[Callable[[Frames], str | None], ...] = ()  # text the runs give beside the checks (findings.py)
+    paper_skip: str = ""  # why --scale paper does not run it on a 2-core CPU (measured), if it does not
 
     def part(self, name: str) -> Part:
         for part in self.parts:

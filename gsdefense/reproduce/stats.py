@@ -1,20 +1,15 @@
-"""The tests behind the verdicts, and the rule that turns an interval into a verdict.
+"""The tests behind the verdicts: each returns an ``Outcome`` whose verdict follows ``verdicts.decide``.
 
-Every check is *oriented*: its effect ``e`` grows when the claim holds (e.g. ``e = mean(RAD vanilla) − mean(RAD DP)``
-for "DP reduces RAD"). It names two values on that axis:
+- ``compare``: ``e = mean(high) − mean(low)``; a paired t-test on per-seed differences when both arms ran the same
+  seeds once each (``paired``), else Welch's.
+- ``one_sample``: ``e = mean(values)``, one-sample t.
+- ``ratio``: ``e = mean(high) / mean(low)`` (e.g. how much of a backdoor's success DP retains); the test of
+  ``H0: e ≤ r`` is the t-test of ``high − r·low`` (paired or Welch), its interval Fieller's (every r that test
+  does not reject at α on either side).
+- ``trend``: ``e = sign · ρ`` (Spearman), with a paired percentile bootstrap interval.
 
-- ``null``: no effect (usually 0; for a "does not reduce" claim, minus the smallest reduction that would matter);
-- ``claimed``: the effect the paper states (``claimed == null`` for a claim of direction only).
-
-From the two-sided ``1 − 2α`` confidence interval ``[lo, hi]`` of ``e`` (so ``lo > null`` exactly when the one-sided
-test of ``H0: e ≤ null`` rejects at level α):
-
-- ``not reproduced``: ``hi < claimed`` — the data exclude the claimed effect (this includes the wrong direction);
-- ``reproduced``: ``lo > null`` and ``hi ≥ claimed`` — an effect beyond the null, compatible with the claimed size;
-- ``inconclusive``: ``lo ≤ null`` and ``hi ≥ claimed`` — the interval straddles both the null and the claimed effect.
-
-Fewer than two values in an arm give no interval: ``inconclusive``. ``not testable here`` comes from a check's
-preconditions (``checks.py``), never from these functions.
+Test-set sampling is not in these intervals: every arm is scored on the same test set, so the intervals are
+over training randomness (seeds) only; the report says so.
 """
 
 from __future__ import annotations
@@ -23,61 +18,13 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
-ALPHA = 0.05
-VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not testable here")
+from gsdefense.reproduce.verdicts import ALPHA, Outcome, Summary, finish, too_few
+
 BOOTSTRAP_RESAMPLES = 2000
-
-
-@dataclass(frozen=True)
-class Summary:
-    """One arm's values: mean, sample sd (NaN for n < 2) and n."""
-
-    mean: float
-    sd: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Summary:
-        x = np.asarray(values, dtype=float)
-        if x.size == 0:
-            return cls(math.nan, math.nan, 0)
-        return cls(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan, int(x.size))
-
-    def text(self) -> str:
-        if self.n == 0:
-            return "no runs"
-        sd = "" if math.isnan(self.sd) else f" ± {self.sd:.3g}"
-        return f"{self.mean:.3g}{sd} (n={self.n})"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A check's result: the verdict and every number behind it."""
-
-    verdict: str
-    test: str
-    reason: str
-    statistic: float | None = None
-    p_value: float | None = None
-    ci: tuple[float, float] | None = None
-    effect: float | None = None
-    null: float | None = None
-    claimed: float | None = None
-    arms: dict[str, Summary] = field(default_factory=dict)  # label → summary, in the order shown
-    name: str = ""
-
-    @property
-    def n_seeds(self) -> int:
-        """The smallest arm's size (how many seeds every arm has at least)."""
-        return min((s.n for s in self.arms.values()), default=0)
-
-    def named(self, name: str) -> Outcome:
-        return replace(self, name=name)
 
 
 def _quiet(func):
@@ -92,101 +39,70 @@ def _quiet(func):
     return wrapper
 
 
-def decide(lo: float, hi: float, *, null: float, claimed: float) -> str:
-    """The verdict of an oriented interval ``[lo, hi]`` (module docstring)."""
-    if claimed < null:
-        raise ValueError(f"claimed ({claimed}) must be >= null ({null}) on the oriented axis")
-    if hi < claimed:
-        return "not reproduced"
-    if lo > null:
-        return "reproduced"
-    return "inconclusive"
+def paired(high_seeds: Sequence[object] | None, low_seeds: Sequence[object] | None) -> bool:
+    """Whether two arms ran the same seeds, each once (so their values pair up seed by seed)."""
+    if high_seeds is None or low_seeds is None or len(high_seeds) < 2:
+        return False
+    return len(set(high_seeds)) == len(high_seeds) and sorted(map(str, high_seeds)) == sorted(map(str, low_seeds))
 
 
-def _finish(
-    test: str,
-    *,
-    e: float,
-    lo: float,
-    hi: float,
-    statistic: float | None,
-    p: float | None,
-    null: float,
-    claimed: float,
-    arms: dict[str, Summary],
-    alpha: float,
-) -> Outcome:
-    verdict = decide(lo, hi, null=null, claimed=claimed)
-    level = f"{100 * (1 - 2 * alpha):g}% CI"
-    where = f"effect {e:.3g}, {level} [{lo:.3g}, {hi:.3g}]; null {null:.3g}, claimed {claimed:.3g}"
-    reason = {
-        "reproduced": f"{where}: above the null and compatible with the claim",
-        "not reproduced": f"{where}: the interval excludes the claimed effect",
-        "inconclusive": f"{where}: the interval holds both the null and the claimed effect",
-    }[verdict]
-    return Outcome(verdict, test, reason, statistic, p, (lo, hi), e, null, claimed, arms)
+def _align(values: Sequence[float], seeds: Sequence[object]) -> np.ndarray:
+    return np.asarray([v for _, v in sorted(zip(map(str, seeds), values))], float)
 
 
-def too_few(test: str, arms: dict[str, Summary], *, null: float, claimed: float) -> Outcome | None:
-    """``inconclusive`` when an arm has fewer than 2 values (no interval), else None."""
-    short = [f"{label} (n={s.n})" for label, s in arms.items() if s.n < 2]
-    if not short:
-        return None
-    why = f"fewer than 2 ok runs with a value in {', '.join(short)}: no interval"
-    return Outcome("inconclusive", test, why, null=null, claimed=claimed, arms=arms)
+def _point(test: str, e: float, *, null: float, claimed: float, arms: dict, alpha: float) -> Outcome:
+    """No spread at all: the interval is the point."""
+    return finish(test, e=e, lo=e, hi=e, statistic=None, p=0.0 if e > null else 1.0, null=null, claimed=claimed,
+                  arms=arms, alpha=alpha)  # fmt: skip
 
 
 @_quiet
-def welch(
+def compare(
     high: Sequence[float],
     low: Sequence[float],
     *,
     labels: tuple[str, str] = ("high", "low"),
+    seeds: tuple[Sequence[object], Sequence[object]] | None = None,
     null: float = 0.0,
-    claimed: float = 0.0,
+    claimed: float | None = None,
     alpha: float = ALPHA,
 ) -> Outcome:
-    """``e = mean(high) − mean(low)``: one-sided Welch t-test of ``H0: e ≤ null`` and Welch's ``1 − 2α`` interval."""
-    test = "one-sided Welch t-test"
+    """``e = mean(high) − mean(low)``: one-sided test of ``H0: e ≤ null`` and its ``1 − 2α`` interval; paired by
+    seed when ``seeds`` (each arm's seed per value) pair up, else Welch."""
+    claimed = null if claimed is None else claimed  # None: a claim of direction only
+    is_paired = seeds is not None and paired(*seeds)
+    test = "one-sided paired t-test" if is_paired else "one-sided Welch t-test"
     arms = {labels[0]: Summary.of(high), labels[1]: Summary.of(low)}
     if (early := too_few(test, arms, null=null, claimed=claimed)) is not None:
         return early
     a, b = np.asarray(high, float), np.asarray(low, float)
     e = float(a.mean() - b.mean())
-    if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:  # no spread at all: the interval is the point
-        return _finish(
-            test,
-            e=e,
-            lo=e,
-            hi=e,
-            statistic=None,
-            p=0.0 if e > null else 1.0,
-            null=null,
-            claimed=claimed,
-            arms=arms,
-            alpha=alpha,
-        )
-    one_sided = stats.ttest_ind(a - null, b, equal_var=False, alternative="greater")
-    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=1 - 2 * alpha)
-    return _finish(
-        test,
-        e=e,
-        lo=float(ci.low),
-        hi=float(ci.high),
-        statistic=float(one_sided.statistic),
-        p=float(one_sided.pvalue),
-        null=null,
-        claimed=claimed,
-        arms=arms,
-        alpha=alpha,
-    )
+    if is_paired:
+        d = _align(high, seeds[0]) - _align(low, seeds[1])
+        if d.var(ddof=1) == 0:
+            return _point(test, e, null=null, claimed=claimed, arms=arms, alpha=alpha)
+        one_sided = stats.ttest_1samp(d, popmean=null, alternative="greater")
+        ci = stats.ttest_1samp(d, popmean=null).confidence_interval(confidence_level=1 - 2 * alpha)
+    else:
+        if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
+            return _point(test, e, null=null, claimed=claimed, arms=arms, alpha=alpha)
+        one_sided = stats.ttest_ind(a - null, b, equal_var=False, alternative="greater")
+        ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=1 - 2 * alpha)
+    return finish(test, e=e, lo=float(ci.low), hi=float(ci.high), statistic=float(one_sided.statistic),
+                  p=float(one_sided.pvalue), null=null, claimed=claimed, arms=arms, alpha=alpha)  # fmt: skip
 
 
 @_quiet
 def one_sample(
-    values: Sequence[float], *, label: str = "runs", null: float = 0.0, claimed: float = 0.0, alpha: float = ALPHA
+    values: Sequence[float],
+    *,
+    label: str = "runs",
+    null: float = 0.0,
+    claimed: float | None = None,
+    alpha: float = ALPHA,
 ) -> Outcome:
     """``e = mean(values)``: one-sided one-sample t-test of ``H0: e ≤ null`` and the ``1 − 2α`` t interval."""
+    claimed = null if claimed is None else claimed
     test = "one-sided one-sample t-test"
     arms = {label: Summary.of(values)}
     if (early := too_few(test, arms, null=null, claimed=claimed)) is not None:
@@ -194,32 +110,76 @@ def one_sample(
     x = np.asarray(values, float)
     e = float(x.mean())
     if x.var(ddof=1) == 0:
-        return _finish(
-            test,
-            e=e,
-            lo=e,
-            hi=e,
-            statistic=None,
-            p=0.0 if e > null else 1.0,
-            null=null,
-            claimed=claimed,
-            arms=arms,
-            alpha=alpha,
-        )
+        return _point(test, e, null=null, claimed=claimed, arms=arms, alpha=alpha)
     res = stats.ttest_1samp(x, popmean=null, alternative="greater")
     ci = stats.ttest_1samp(x, popmean=null).confidence_interval(confidence_level=1 - 2 * alpha)
-    return _finish(
-        test,
-        e=e,
-        lo=float(ci.low),
-        hi=float(ci.high),
-        statistic=float(res.statistic),
-        p=float(res.pvalue),
-        null=null,
-        claimed=claimed,
-        arms=arms,
-        alpha=alpha,
-    )
+    return finish(test, e=e, lo=float(ci.low), hi=float(ci.high), statistic=float(res.statistic),
+                  p=float(res.pvalue), null=null, claimed=claimed, arms=arms, alpha=alpha)  # fmt: skip
+
+
+def _t_of(a: np.ndarray, b: np.ndarray, r: float, is_paired: bool) -> tuple[float, float]:
+    """(t, df) of ``mean(a − r·b) > 0``: one-sample t on the per-seed differences, or Welch."""
+    if is_paired:
+        d = a - r * b
+        se = d.std(ddof=1) / math.sqrt(d.size)
+        return (d.mean() / se if se > 0 else math.copysign(math.inf, d.mean())), d.size - 1
+    va, vb = a.var(ddof=1) / a.size, r * r * b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if va + vb > 0 else a.size + b.size - 2
+    diff = a.mean() - r * b.mean()
+    return (diff / se if se > 0 else math.copysign(math.inf, diff)), df
+
+
+def _fieller_end(a: np.ndarray, b: np.ndarray, *, is_paired: bool, alpha: float, upper: bool, e: float) -> float:
+    """The interval end where the one-sided t of ``a − r·b`` crosses its critical value (±inf if it never does)."""
+
+    def excess(r: float) -> float:
+        t, df = _t_of(a, b, r, is_paired)
+        crit = stats.t.ppf(1 - alpha, df)
+        return (-t - crit) if upper else (t - crit)  # zero at the end; the end holds r where it is <= 0
+
+    step, r = max(abs(e), 1e-6), e
+    for _ in range(60):
+        far = r + step if upper else r - step
+        if excess(far) > 0:
+            return float(optimize.brentq(excess, min(r, far), max(r, far)))
+        r, step = far, step * 2
+    return math.inf if upper else -math.inf
+
+
+@_quiet
+def ratio(
+    high: Sequence[float],
+    low: Sequence[float],
+    *,
+    labels: tuple[str, str] = ("high", "low"),
+    seeds: tuple[Sequence[object], Sequence[object]] | None = None,
+    null: float = 0.0,
+    claimed: float | None = None,
+    alpha: float = ALPHA,
+) -> Outcome:
+    """``e = mean(high) / mean(low)``: one-sided test of ``H0: e ≤ null`` (the t-test of ``high − null·low``,
+    paired by seed when the seeds pair up) and Fieller's ``1 − 2α`` interval (``mean(low)`` must be > 0)."""
+    claimed = null if claimed is None else claimed
+    is_paired = seeds is not None and paired(*seeds)
+    test = f"one-sided {'paired' if is_paired else 'Welch'} ratio test (Fieller CI)"
+    arms = {labels[0]: Summary.of(high), labels[1]: Summary.of(low)}
+    if (early := too_few(test, arms, null=null, claimed=claimed)) is not None:
+        return early
+    a, b = (_align(high, seeds[0]), _align(low, seeds[1])) if is_paired else (np.asarray(high, float),
+                                                                             np.asarray(low, float))  # fmt: skip
+    if b.mean() <= 0:
+        why = f"{labels[1]} averages {b.mean():.3g}: no ratio to {labels[1]} (it must be above 0)"
+        return Outcome("inconclusive", test, why, null=null, claimed=claimed, arms=arms)
+    e = float(a.mean() / b.mean())
+    if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
+        return _point(test, e, null=null, claimed=claimed, arms=arms, alpha=alpha)
+    t, df = _t_of(a, b, null, is_paired)
+    p = float(stats.t.sf(t, df))
+    lo = _fieller_end(a, b, is_paired=is_paired, alpha=alpha, upper=False, e=e)
+    hi = _fieller_end(a, b, is_paired=is_paired, alpha=alpha, upper=True, e=e)
+    return finish(test, e=e, lo=lo, hi=hi, statistic=float(t), p=p, null=null, claimed=claimed, arms=arms,
+                  alpha=alpha)  # fmt: skip
 
 
 @_quiet
@@ -247,18 +207,8 @@ def trend(
     )
     lo, hi = boot.confidence_interval
     lo, hi = (float(v) if np.isfinite(v) else sign * float(rho.statistic) for v in (lo, hi))
-    return _finish(
-        test,
-        e=sign * float(rho.statistic),
-        lo=lo,
-        hi=hi,
-        statistic=float(rho.statistic),
-        p=float(rho.pvalue),
-        null=0.0,
-        claimed=0.0,
-        arms=arms,
-        alpha=alpha,
-    )
+    return finish(test, e=sign * float(rho.statistic), lo=lo, hi=hi, statistic=float(rho.statistic),
+                  p=float(rho.pvalue), null=0.0, claimed=0.0, arms=arms, alpha=alpha)  # fmt: skip
 
 
 @_quiet
@@ -274,19 +224,3 @@ def present(values: Sequence[float], *, above: float = 0.0, alpha: float = ALPHA
     if s.n < 2 or x.var(ddof=1) == 0:
         return bool(s.mean > above), s
     return bool(stats.ttest_1samp(x, popmean=above, alternative="greater").pvalue < alpha), s
-
-
-def combine(verdicts: Sequence[str]) -> str:
-    """A claim's verdict from its checks' verdicts.
-
-    Checks that are not testable are set aside; none left: ``not testable here``. Of the rest, any
-    ``not reproduced`` makes the claim not reproduced; all ``reproduced`` make it reproduced; else inconclusive.
-    """
-    tested = [v for v in verdicts if v != "not testable here"]
-    if not tested:
-        return "not testable here"
-    if "not reproduced" in tested:
-        return "not reproduced"
-    if all(v == "reproduced" for v in tested):
-        return "reproduced"
-    return "inconclusive"
