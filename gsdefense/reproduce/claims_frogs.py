@@ -80,7 +80,7 @@ H4 = Claim(
 # An arm's ``paper`` value is of one metric: the C=8 arm holds 1.08 poisons needed, and success ≥ 94.67 % (LR).
 _H5_C8, _H5_C1 = Arm("clip", "C=8", {"dp.clip": 8.0}, paper=1.08), Arm("clip", "C=1", {"dp.clip": 1.0})
 _H5_C8_ASR = Arm("clip", "C=8", {"dp.clip": 8.0}, paper=0.9467)
-_H5_VAN, _H5_S1 = Arm("vanilla", "vanilla"), Arm("noise", "C=4 σ=1", {"dp.noise": 1.0}, paper=0.0)
+_H5_VAN, _H5_S1 = Arm("vanilla", "vanilla"), Arm("noise", "C=4 σ=1", {"dp.noise_std": 1.0}, paper=0.0)
 # One censoring rule for every check that reads success or poisons needed at C=1 and C=8: the paper tried ~100
 # poisons per target; with fewer tried, a target that did not fall has unknown success and poisons needed.
 _H5_UNCENSORED = (Uncensored(_H5_C1, 100), Uncensored(_H5_C8, 100))
@@ -95,7 +95,12 @@ H5 = Claim(
         Part("vanilla", "hong_fig6_mlp_purchase100", NO_DP, FROGS_P100, smoke=FROGS_SMOKE, note=FROGS_NOTE),
         Part("clip", "hong_fig6_mlp_purchase100", ("dp.clip=8,1",), FROGS_P100, smoke=FROGS_SMOKE, note=FROGS_NOTE),
         Part(
-            "noise", "hong_fig6_mlp_purchase100_noise", ("dp.noise=1",), FROGS_P100, smoke=FROGS_SMOKE, note=FROGS_NOTE
+            "noise",
+            "hong_fig6_mlp_purchase100_noise",
+            ("dp.noise_std=1",),
+            FROGS_P100,
+            smoke=FROGS_SMOKE,
+            note=FROGS_NOTE,
         ),
     ),
     checks=(
@@ -124,7 +129,7 @@ H5 = Claim(
         OneSample(
             "... at a large utility cost: RAD at σ=1 above 0.1 (the paper's acceptable loss)",
             "rad",
-            Arm("noise", "C=4 σ=1", {"dp.noise": 1.0}, paper=0.612),
+            Arm("noise", "C=4 σ=1", {"dp.noise_std": 1.0}, paper=0.612),
             null=Paper(0.1, "purchase100", "Fig. 6"),
             claimed=Paper(0.612, "purchase100", "Fig. 6"),
         ),
@@ -207,7 +212,7 @@ H7 = Claim(
         Part(
             "fixed",
             "hong_fig6_mlp_purchase100_noise",
-            ("dp.noise=0.5,1,2",),
+            ("dp.noise_std=2,4,8",),  # multipliers 0.5, 1, 2 at the preset's C = 4
             FROGS_P100,
             smoke=FROGS_SMOKE,
             note=FROGS_NOTE,
@@ -215,7 +220,7 @@ H7 = Claim(
         Part(
             "adaptive",
             "hong_fig6_mlp_purchase100_noise",
-            ("dp=adaptive", "dp.clip=4", "dp.noise=1,2,4"),
+            ("dp=adaptive", "dp.clip=4", "dp.noise_std=4,8,16"),  # multipliers 1, 2, 4
             FROGS_P100,
             smoke=FROGS_SMOKE,
             note=FROGS_NOTE,
