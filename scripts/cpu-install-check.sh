@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 CPU_INDEX=https://download.pytorch.org/whl/cpu
 PY=${PYTHON:-python3}
 log() { printf 'cpu-install-check: %s\n' "$*" >&2; }
+# pip, quietly (this machine's pip config names a local index folder that is absent: one warning per package).
+pip_() { "$py" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 mb() { du -sm "$1" | cut -f1; }
 
 wheel=${GSDEFENSE_CPU_TORCH_WHEEL:-}
@@ -37,12 +39,12 @@ venv="$work/venv"
 if [ "${GSDEFENSE_CI_KEEP_VENV:-0}" = 1 ]; then log "keeping the virtualenv: $venv"; else trap 'rm -rf "$work"' EXIT; fi
 "$PY" -m venv "$venv"
 py="$venv/bin/python"
-"$py" -m pip install --quiet --upgrade pip
+pip_ install --quiet --upgrade pip
 
 # Runtime dependencies first (measured alone), then the dev tools the tests need.
 if [ -n "$wheel" ]; then
     log "torch from $wheel (no torchvision: none for this CPU build on disk)"
-    "$py" -m pip install --quiet "$wheel"
+    pip_ install --quiet "$wheel"
     # Every dependency but torch and torchvision, as pyproject.toml lists them; the project itself without deps.
     mapfile -t deps < <("$py" - <<'EOF'
 import re, tomllib
@@ -52,18 +54,22 @@ for req in project["dependencies"]:
         print(req)
 EOF
     )
-    "$py" -m pip install --quiet "${deps[@]}"
-    "$py" -m pip install --quiet --no-deps -e .
+    pip_ install --quiet "${deps[@]}"
+    pip_ install --quiet --no-deps -e .
     runtime=$(mb "$venv")
-    mapfile -t dev < <("$py" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"], sep="\n")')
-    "$py" -m pip install --quiet "${dev[@]}"
+    mapfile -t dev < <("$py" -c 'import tomllib
+print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"], sep="\n")')
+    pip_ install --quiet "${dev[@]}"
 else
-    index_up || { log "no CPU torch at hand: set GSDEFENSE_CPU_TORCH_WHEEL or give this machine access to $CPU_INDEX"; exit 2; }
+    if ! index_up; then
+        log "no CPU torch at hand: set GSDEFENSE_CPU_TORCH_WHEEL, or give this machine access to $CPU_INDEX"
+        exit 2
+    fi
     log "torch and torchvision from $CPU_INDEX"
-    "$py" -m pip install --quiet torch torchvision --index-url "$CPU_INDEX"
-    "$py" -m pip install --quiet -e . # keeps the CPU torch: it satisfies the requirement
+    pip_ install --quiet torch torchvision --index-url "$CPU_INDEX"
+    pip_ install --quiet -e . # keeps the CPU torch: it satisfies the requirement
     runtime=$(mb "$venv")
-    "$py" -m pip install --quiet -e ".[dev]"
+    pip_ install --quiet -e ".[dev]"
 fi
 total=$(mb "$venv")
 
@@ -82,16 +88,15 @@ unset GSDEFENSE_SLURM_TESTS
 rc=0
 out="$work/pytest.txt"
 "$py" -m pytest -m smoke -q -p no:cacheprovider 2>&1 | tee "$out" || rc=$?
-summary=$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$out" | tail -n 1 | tr -d '=' | xargs)
-run_dir="$work/run"
-if [ "$rc" = 0 ]; then
-    "$py" launch.py optimizer.epochs=2 "hydra.run.dir=$run_dir" >"$work/launch.txt" 2>&1 || rc=$?
-    if ! grep -q '"status": "ok"' "$run_dir/metrics.json" 2>/dev/null; then
-        cat "$work/launch.txt" >&2
-        rc=1
-    fi
+summary=$(grep -E '^=* ?[0-9]+ (passed|failed)' "$out" | tail -n 1 | tr -d '=' | xargs)
+launch=ok
+if ! "$py" launch.py optimizer.epochs=2 "hydra.run.dir=$work/run" >"$work/launch.txt" 2>&1 ||
+    ! grep -q '"status": "ok"' "$work/run/metrics.json"; then
+    tail -n 20 "$work/launch.txt" >&2
+    launch=FAILED
+    [ "$rc" != 0 ] || rc=1
 fi
-secs=$(($(date +%s) - start))
 status=$([ "$rc" = 0 ] && echo ok || echo "FAILED (exit $rc)")
-echo "cpu-install-check: $status in ${secs} s; torch $torch_v, $tv; venv ${runtime} MB runtime / ${total} MB with dev tools; smoke: $summary; launch.py: $([ -f "$run_dir/metrics.json" ] && echo ran || echo 'not run')"
+echo "cpu-install-check: $status in $(($(date +%s) - start)) s; torch $torch_v, $tv;" \
+    "venv ${runtime} MB runtime / ${total} MB with dev tools; smoke: $summary; launch.py: $launch"
 exit "$rc"

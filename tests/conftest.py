@@ -62,6 +62,7 @@ def cli():
 # Node ids (regular expressions, matched from the start after "tests/") of the tests that need torchvision.
 NEEDS_TORCHVISION = (
     r"test_(fast_dp|fused|cuda)\.py::.*resnet18",  # parametrised over models: the resnet18 cases
+    r"test_fast_dp\.py::test_auto_picks_bk_for_every_gsdefense_model",  # builds each model, resnet18 included
     r"test_run\.py::test_resnet18_takes_a_dp_step_with_groupnorm",
     r"test_attacks\.py::test_blend_trigger_from_image_file",
     r"test_inputs\.py::test_a_valid_png_trigger_still_loads",
