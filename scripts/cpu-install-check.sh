@@ -21,6 +21,13 @@ log() { printf 'cpu-install-check: %s\n' "$*" >&2; }
 # pip, quietly (this machine's pip config names a local index folder that is absent: one warning per package).
 pip_() { "$py" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 mb() { du -sm "$1" | cut -f1; }
+# CPU seconds (user + sys) used so far by this shell's finished children and theirs (see .ci/run).
+# `times` runs in this shell (a $(...) or pipe would fork a subshell, whose children are not these).
+child_cpu() {
+    times >"$work/times.txt"
+    cpu=$(awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%d", t }' \
+        "$work/times.txt")
+}
 
 wheel=${GSDEFENSE_CPU_TORCH_WHEEL:-}
 if [ -z "$wheel" ]; then
@@ -87,8 +94,12 @@ log "venv: ${runtime} MB with the runtime dependencies, ${total} MB with the dev
 unset GSDEFENSE_SLURM_TESTS
 rc=0
 out="$work/pytest.txt"
+child_cpu
+cpu_before=$cpu
 "$py" -m pytest -m smoke -q -p no:cacheprovider 2>&1 | tee "$out" || rc=$?
+child_cpu
 summary=$(grep -E '^=* ?[0-9]+ (passed|failed)' "$out" | tail -n 1 | tr -d '=' | xargs)
+summary="$summary, $((cpu - cpu_before)) s CPU"
 launch=ok
 if ! "$py" launch.py optimizer.epochs=2 "hydra.run.dir=$work/run" >"$work/launch.txt" 2>&1 ||
     ! grep -q '"status": "ok"' "$work/run/metrics.json"; then
