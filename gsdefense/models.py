@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gsdefense.errors import ConfigError
+from gsdefense.optional import import_torchvision
 from gsdefense.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
@@ -128,10 +129,13 @@ def cnn(cfg: CNNConfig, *, input_shape: tuple[int, ...], num_classes: int, mean,
     return _wrap(body, mean, std, 3)
 
 
-def _block_class() -> type[nn.Module]:
-    from torchvision.models.resnet import BasicBlock
+def _resnet_module():
+    """torchvision.models.resnet, or one line naming the fix where torchvision cannot be imported."""
+    return import_torchvision("models.resnet", field="model", needed_for="model=resnet18", instead="or use model=cnn")
 
-    class Block(BasicBlock):
+
+def _block_class() -> type[nn.Module]:
+    class Block(_resnet_module().BasicBlock):
         """torchvision's BasicBlock with out-of-place ops: Opacus' backward hooks forbid in-place ones."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +149,7 @@ def _block_class() -> type[nn.Module]:
 @MODELS.register("resnet18", ResNetConfig)
 def resnet18(cfg: ResNetConfig, *, input_shape: tuple[int, ...], num_classes: int, mean, std) -> nn.Module:
     """torchvision ResNet-18 with GroupNorm, and a CIFAR-style 3x3 stem for small images."""
-    from torchvision.models.resnet import ResNet
+    ResNet = _resnet_module().ResNet  # noqa: N806 - torchvision's class name
 
     _require_image("resnet18", input_shape, 8)
     if 64 % cfg.groups:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +13,12 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.datasets import load_digits
 
-from gsdefense.data import DATASETS, load_dataset
+from gsdefense.data import DATASETS, load_dataset, torchvision_sets
 from gsdefense.errors import ConfigError, DatasetNotFoundError
 from gsdefense.models import build_model
 from gsdefense.plan import prepare
 from tests.conftest import compose_cfg
+from tests.fmnist_files import no_system_copy, tiny_counts, tree, write_fashion_mnist
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 FASHION_NAMES = (
@@ -257,47 +256,30 @@ def test_yaml_lists_every_key_with_its_default(option: str, monkeypatch: pytest.
     expected = type(cfg)()
     if option == "fashion_mnist_3_4":  # Hong et al.'s task: dress vs coat, 10,800 of the 12,000 training images
         expected = dataclasses.replace(expected, classes=[3, 4], validation_fraction=0.1)
-    if hasattr(cfg, "data_dir"):
-        assert cfg.data_dir == "/somewhere/data"
-        expected = dataclasses.replace(expected, data_dir="/somewhere/data")
+    if hasattr(cfg, "data_dir"):  # null = search (the env is read when loading, never baked into the config)
+        assert cfg.data_dir is None and cfg.download is True
     assert cfg == expected
 
 
-# --- torchvision sets on tiny files in the real on-disk format -----------------------------------------------------
+# --- FashionMNIST and CIFAR-10 on tiny files in the real on-disk format (layouts and errors: test_fashion_mnist.py) -
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX file as on yann.lecun.com: big-endian magic (0x08 = ubyte, then ndim) and dims, then raw bytes."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+@pytest.fixture
+def tiny_fashion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Write tiny FashionMNIST files into ``<tmp>/FashionMNIST/raw`` (no system copy, no env); returns a writer."""
+    no_system_copy(monkeypatch)
+
+    def write(**kwargs) -> dict[str, np.ndarray]:
+        arrays = write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", **kwargs)
+        n_train, n_test = len(arrays["train-labels-idx1-ubyte"]), len(arrays["t10k-labels-idx1-ubyte"])
+        tiny_counts(monkeypatch, n_train=n_train, n_test=n_test)
+        return arrays
+
+    return write
 
 
-def _write_fashion_mnist(
-    root: Path, *, n_train: int, n_test: int, train_labels: np.ndarray | None = None, gz: bool = True
-) -> dict[str, np.ndarray]:
-    """Tiny FashionMNIST in torchvision's layout; returns the arrays written."""
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10 if train_labels is None else train_labels,
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": (np.arange(n_test, dtype=np.uint8) * 3) % 10,
-    }
-    for name, array in arrays.items():
-        # torchvision 0.2x never reads the downloaded .gz: it gunzips them and its _check_exists wants the
-        # un-gzipped files (existence only, no md5). The .gz twins are written to mirror a real download.
-        _write_idx(raw / name, array)
-        if gz:
-            (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes(), compresslevel=1))
-    assert struct.unpack(">I", (raw / "train-images-idx3-ubyte").read_bytes()[:4])[0] == 2051
-    assert struct.unpack(">I", (raw / "train-labels-idx1-ubyte").read_bytes()[:4])[0] == 2049
-    return arrays
-
-
-def test_fashion_mnist_round_trips_pixels_and_labels(tmp_path: Path) -> None:
-    arrays = _write_fashion_mnist(tmp_path, n_train=30, n_test=20)
+def test_fashion_mnist_round_trips_pixels_and_labels(tmp_path: Path, tiny_fashion) -> None:
+    arrays = tiny_fashion(n_train=30, n_test=20, gz=True)
     b = load_dataset({"name": "fashion_mnist", "data_dir": str(tmp_path), "download": False}, seed=0)
     _check_bundle(b, shape=(1, 28, 28), n_train=30, n_test=20, k=10)
     assert b.class_names == FASHION_NAMES
@@ -307,12 +289,15 @@ def test_fashion_mnist_round_trips_pixels_and_labels(tmp_path: Path) -> None:
     assert torch.equal(
         (b.x_test[:, 0] * 255).round().to(torch.uint8), torch.from_numpy(arrays["t10k-images-idx3-ubyte"])
     )
+    # x / 255 in float32, as torchvision's path computed it (cached references stay valid).
+    expected = torch.from_numpy(arrays["train-images-idx3-ubyte"]).unsqueeze(1).to(torch.float32).div_(255.0)
+    assert torch.equal(b.x_train, expected)
     assert b.y_train.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
     assert b.y_test.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
 
 
-def test_fashion_mnist_3_4_preset_is_dress_vs_coat(tmp_path: Path) -> None:
-    arrays = _write_fashion_mnist(tmp_path, n_train=200, n_test=20)
+def test_fashion_mnist_3_4_preset_is_dress_vs_coat(tmp_path: Path, tiny_fashion) -> None:
+    arrays = tiny_fashion(n_train=200, n_test=20)
     node = OmegaConf.load(CONF / "fashion_mnist_3_4.yaml")
     node.data_dir, node.download = str(tmp_path), False
     b = load_dataset(node, seed=0)
@@ -334,12 +319,10 @@ def test_fashion_mnist_3_4_preset_is_dress_vs_coat(tmp_path: Path) -> None:
     assert not torch.equal(other.x_val, b.x_val) and torch.equal(load_dataset(node, seed=5).x_val, b.x_val)
 
 
-def test_fashion_mnist_3_4_has_hong_sizes_10800_train_1200_validation_2000_test(tmp_path: Path) -> None:
+def test_fashion_mnist_3_4_has_hong_sizes_10800_train_1200_validation_2000_test(tmp_path: Path, tiny_fashion) -> None:
     # The real class sizes: 6,000 dresses and 6,000 coats among 12,000 training images (others are dropped).
     labels = np.array([3, 4] * 6000 + [0] * 100, dtype=np.uint8)
-    _write_fashion_mnist(tmp_path, n_train=len(labels), n_test=2000, train_labels=labels, gz=False)
-    (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
-    _write_idx(tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte", np.array([3, 4] * 1000, np.uint8))
+    tiny_fashion(n_train=len(labels), n_test=2000, train_labels=labels, test_labels=np.array([3, 4] * 1000, np.uint8))
     node = OmegaConf.load(CONF / "fashion_mnist_3_4.yaml")
     node.data_dir, node.download = str(tmp_path), False
     b = load_dataset(node, seed=0)
@@ -348,20 +331,10 @@ def test_fashion_mnist_3_4_has_hong_sizes_10800_train_1200_validation_2000_test(
     assert b.y_test.bincount().tolist() == [1000, 1000]
 
 
-def test_gzipped_fashion_mnist_alone_is_not_enough_without_download(tmp_path: Path) -> None:
-    _write_fashion_mnist(tmp_path, n_train=4, n_test=4)
-    for f in (tmp_path / "FashionMNIST" / "raw").glob("*-ubyte"):
-        f.unlink()
-    with pytest.raises(DatasetNotFoundError):
-        load_dataset({"name": "fashion_mnist", "data_dir": str(tmp_path), "download": False}, seed=0)
-
-
 def test_cifar10_round_trips_pickled_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import torchvision.datasets.cifar as tv_cifar
-
-    # CIFAR10 md5-checks every batch against the real files' hashes, which tiny files cannot match, so only the
-    # integrity check is patched (to existence); reading and unpickling stay torchvision's own code.
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    # The loader md5-checks every batch against the real files' hashes, which tiny files cannot match, so only the
+    # md5 table is emptied; reading and unpickling stay the loader's own code.
+    monkeypatch.setattr(torchvision_sets, "CIFAR10_MD5", {})
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(1)
@@ -395,11 +368,37 @@ def test_cifar10_round_trips_pickled_batches(tmp_path: Path, monkeypatch: pytest
 def test_missing_files_without_download_say_where_and_how(
     name: str, inside: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    no_system_copy(monkeypatch)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset({"name": name, "data_dir": "data", "download": False}, seed=0)
     msg = str(err.value)
-    # The relative data_dir is reported as the absolute folder torchvision looks in.
-    assert str(tmp_path.resolve() / "data" / inside) in msg
-    assert "dataset.download=true" in msg and "dataset.data_dir" in msg
+    # The relative data_dir is reported as the absolute folder searched, and where to copy the files.
+    assert f"copy {'train-images-idx3-ubyte' if name == 'fashion_mnist' else 'data_batch_1'}" in msg
+    assert f"into {tmp_path.resolve() / 'data' / inside} (or point" in msg
+    assert "dataset.download=true" in msg and "dataset.data_dir" in msg and "\n" not in msg
+    assert ("apt-get install dataset-fashion-mnist" in msg) == (name == "fashion_mnist")
     assert isinstance(err.value, ConfigError) and err.value.field == "dataset.data_dir"
+    assert tree(tmp_path) == ["data"]  # nothing created
+
+
+def test_cifar10_reader_refuses_a_pickle_that_would_call_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision unpickles with pickle.load, which calls whatever a file names; this reader builds arrays only."""
+    monkeypatch.setattr(torchvision_sets, "CIFAR10_MD5", {})
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / fname).write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [0]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    (folder / "data_batch_2").write_bytes(pickle.dumps({"data": Evil(), "labels": [0]}))
+    with pytest.raises(ConfigError) as err:
+        load_dataset({"name": "cifar10", "data_dir": str(tmp_path), "download": False}, seed=0)
+    assert f"{folder / 'data_batch_2'}: not a CIFAR-10 pickle" in str(err.value) and "posix.mkdir" in str(err.value)
+    assert not marker.exists()

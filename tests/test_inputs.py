@@ -1,6 +1,6 @@
 """User-supplied files: unreadable, wrong format, empty or inconsistent ones give one line naming the field.
 
-Trigger images, Purchase-100 files and torchvision dataset files, in-process through the loaders and attacks;
+Trigger images, Purchase-100 files and FashionMNIST/CIFAR-10 files, in-process through the loaders and attacks;
 a few through the real CLI (exit 2, one ``error:`` line on stderr, no traceback). Also: cached triggers and
 poisons that do not fit are recomputed, never used.
 """
@@ -8,9 +8,7 @@ poisons that do not fit are recomputed, never used.
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import struct
 from pathlib import Path
 from urllib.error import URLError
 
@@ -21,10 +19,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from gsdefense.attacks import RunContext, build_attack
-from gsdefense.data import load_dataset
+from gsdefense.data import load_dataset, torchvision_sets
 from gsdefense.errors import ConfigError, DatasetNotFoundError
 from gsdefense.training.optim import OPTIMIZERS
 from tests.conftest import run_cli
+from tests.fmnist_files import idx_bytes, no_system_copy, tiny_counts, write_fashion_mnist
 
 
 @pytest.fixture(scope="module")
@@ -178,27 +177,14 @@ def test_purchase_path_that_is_a_directory(tmp_path: Path) -> None:
     assert "is a directory" in msg and "GSDEFENSE_PURCHASE100" in msg
 
 
-# --- torchvision files (dataset.data_dir) ---------------------------------------------------------------------------
-
-FMNIST = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# --- FashionMNIST / CIFAR-10 files (dataset.data_dir; every layout and malformed IDX case: test_fashion_mnist.py) ---
 
 
-def _idx(array: np.ndarray) -> bytes:
-    return struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-
-
-def _fashion(root: Path, *, n_train: int = 20, n_test: int = 10) -> Path:
+def _fashion(root: Path, monkeypatch: pytest.MonkeyPatch, *, n_train: int = 20, n_test: int = 10) -> Path:
+    no_system_copy(monkeypatch)
+    tiny_counts(monkeypatch, n_train=n_train, n_test=n_test)
     raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    arrays = [
-        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        (np.arange(n_train) % 10).astype(np.uint8),
-        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        (np.arange(n_test) % 10).astype(np.uint8),
-    ]
-    for name, array in zip(FMNIST, arrays, strict=True):
-        (raw / name).write_bytes(_idx(array))
+    write_fashion_mnist(raw, n_train=n_train, n_test=n_test)
     return raw
 
 
@@ -207,9 +193,10 @@ def _fmnist(root: Path, **keys):
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "garbage", "count_mismatch", "bad_labels"])
-def test_bad_fashion_mnist_files(tmp_path: Path, kind: str) -> None:
-    raw = _fashion(tmp_path)
-    images = raw / "train-images-idx3-ubyte"
+def test_bad_fashion_mnist_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    raw = _fashion(tmp_path, monkeypatch)
+    images, labels = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
+    bad = images
     if kind == "empty":
         images.write_bytes(b"")
     elif kind == "truncated":
@@ -217,15 +204,20 @@ def test_bad_fashion_mnist_files(tmp_path: Path, kind: str) -> None:
     elif kind == "garbage":
         images.write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     elif kind == "count_mismatch":
-        (raw / "train-labels-idx1-ubyte").write_bytes(_idx(np.zeros(19, dtype=np.uint8)))
+        labels.write_bytes(idx_bytes(np.zeros(19, dtype=np.uint8)))
     else:
-        (raw / "train-labels-idx1-ubyte").write_bytes(_idx(np.full(20, 12, dtype=np.uint8)))
+        labels.write_bytes(idx_bytes(np.full(20, 12, dtype=np.uint8)))
+        bad = labels
     msg = _one_line_error(lambda: _fmnist(tmp_path), field="dataset.data_dir")
-    assert "cannot be read" in msg and str(raw) in msg and "intact copies" in msg
-    if kind == "count_mismatch":
-        assert "20 images but 19 labels" in msg
-    if kind == "bad_labels":
-        assert "labels outside 0..9" in msg
+    assert msg.startswith(f"dataset.data_dir: {bad}: ") and "intact copy" in msg
+    expected = {
+        "empty": "0 bytes long, too short for an IDX header",
+        "truncated": "declares 20×28×28 values (15680 bytes) but holds 4020: truncated",
+        "garbage": "has magic number 0x",
+        "count_mismatch": "20 images but train-labels-idx1-ubyte has 19 labels",
+        "bad_labels": "labels outside 0..9 (found 12)",
+    }[kind]
+    assert expected in msg
 
 
 def _cifar(root: Path, *, corrupt: str | None = None) -> None:
@@ -242,25 +234,39 @@ def _cifar(root: Path, *, corrupt: str | None = None) -> None:
         (folder / "test_batch").write_bytes(b"\x00garbage" * 100)
     elif corrupt == "wrong_keys":
         (folder / "data_batch_1").write_bytes(pickle.dumps({"pixels": []}))
+    elif corrupt == "bad_labels":
+        (folder / "data_batch_4").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}))
+    elif corrupt == "count_mismatch":
+        (folder / "data_batch_5").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}))
 
 
-@pytest.mark.parametrize("corrupt", ["truncated", "garbage", "wrong_keys"])
-def test_bad_cifar_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: str) -> None:
-    import torchvision.datasets.cifar as tv_cifar
-
-    # Tiny files cannot match the real md5s: the integrity check is reduced to existence, so torchvision's own
-    # unpickling meets the corrupt bytes (as it would with a real file whose md5 check was skipped).
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+@pytest.mark.parametrize(
+    ("corrupt", "file", "expect"),
+    [
+        ("truncated", "data_batch_3", "not a CIFAR-10 pickle"),
+        ("garbage", "test_batch", "not a CIFAR-10 pickle"),
+        ("wrong_keys", "data_batch_1", "no 'data' entry"),
+        ("bad_labels", "data_batch_4", "labels outside 0..9"),
+        ("count_mismatch", "data_batch_5", "2 images but 1 integer labels"),
+    ],
+)
+def test_bad_cifar_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: str, file: str, expect: str
+) -> None:
+    # Tiny files cannot match the real md5s: the md5 table is emptied, so the reader meets the corrupt bytes (as it
+    # would with a real file whose md5 check was skipped).
+    monkeypatch.setattr(torchvision_sets, "CIFAR10_MD5", {})
     _cifar(tmp_path, corrupt=corrupt)
     load = lambda: load_dataset({"name": "cifar10", "data_dir": str(tmp_path), "download": False}, seed=0)  # noqa: E731
-    assert "cannot be read" in _one_line_error(load, field="dataset.data_dir")
+    msg = _one_line_error(load, field="dataset.data_dir")
+    assert msg.startswith(f"dataset.data_dir: {tmp_path / 'cifar-10-batches-py' / file}: ") and expect in msg
 
 
 def test_cifar_md5_mismatch_is_reported_as_a_corrupt_file(tmp_path: Path) -> None:
     _cifar(tmp_path)  # every file exists, none has the real md5
     load = lambda: load_dataset({"name": "cifar10", "data_dir": str(tmp_path), "download": True}, seed=0)  # noqa: E731
     msg = _one_line_error(load, field="dataset.data_dir")
-    assert "md5" in msg and "not found" not in msg
+    assert "data_batch_1: fails its md5 check" in msg and "not found" not in msg
 
 
 def test_failed_download_says_so_and_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,13 +275,16 @@ def test_failed_download_says_so_and_what_to_do(tmp_path: Path, monkeypatch: pyt
     def offline(*args, **kwargs):
         raise URLError("[Errno -2] Name or service not known")
 
+    no_system_copy(monkeypatch)
     monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)
     load = lambda: _fmnist(tmp_path / "data", download=True)  # noqa: E731
     msg = _one_line_error(load, field="dataset.data_dir", cls=DatasetNotFoundError)
     folder = str(tmp_path / "data" / "FashionMNIST" / "raw")
-    assert "downloading them failed" in msg and "Name or service not known" in msg and "no internet access?" in msg
-    assert f"copy them into {folder}" in msg and "GSDEFENSE_DATA_DIR" in msg
+    assert f"downloading them into {folder} failed" in msg and "Name or service not known" in msg
+    assert "no internet access?" in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert f"into {folder} (or point" in msg and "GSDEFENSE_DATA_DIR" in msg
     assert "set dataset.download=true" not in msg  # it already is
+    assert not (tmp_path / "data").exists()  # a failed attempt leaves no empty data/FashionMNIST/raw behind
 
 
 # --- cached triggers and poisons ------------------------------------------------------------------------------------
@@ -377,9 +386,9 @@ def test_cli_pickled_purchase_npz(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_truncated_fashion_mnist(tmp_path: Path) -> None:
-    raw = _fashion(tmp_path / "data")
-    (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-images-idx3-ubyte").read_bytes()[:999])
+def test_cli_truncated_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _fashion(tmp_path / "data", monkeypatch)
+    (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:999])
     line = _cli_error(tmp_path, "dataset=fashion_mnist", f"dataset.data_dir={tmp_path / 'data'}",
                       "dataset.download=false", "model=lr", field="dataset.data_dir")  # fmt: skip
-    assert "cannot be read" in line
+    assert f"{raw / 'train-images-idx3-ubyte'}: not a FashionMNIST image file" in line and "truncated" in line

@@ -28,6 +28,7 @@ from gsdefense.attacks.base import (
 )
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
+from gsdefense.optional import import_torchvision
 
 
 @dataclass
@@ -46,7 +47,6 @@ class BlendConfig:
 def load_pattern(path: str, shape: tuple[int, ...], box: tuple[float, float]) -> torch.Tensor:
     """An image file as a tensor of ``shape`` (C, H, W) in ``box``; any unreadable file is a one-line ConfigError."""
     from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor, resize
 
     field, fix = "attack.trigger_path", "pass a PNG or JPEG file that opens in an image viewer, or null."
     file = Path(path).expanduser()
@@ -64,7 +64,9 @@ def load_pattern(path: str, shape: tuple[int, ...], box: tuple[float, float]) ->
     except Exception as err:  # noqa: BLE001 - PIL raises many types (UnidentifiedImageError, OSError, SyntaxError …)
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise ConfigError(field, f"{file.resolve()} is not a readable image ({reason}).", fix) from None
-    pattern = resize(pil_to_tensor(image), list(shape[1:]), antialias=True).float() / 255.0
+    need, instead = "a trigger image (torchvision resizes it)", "or set attack.trigger_path=null (the seeded pattern)"
+    tvf = import_torchvision("transforms.functional", field=field, needed_for=need, instead=instead)
+    pattern = tvf.resize(tvf.pil_to_tensor(image), list(shape[1:]), antialias=True).float() / 255.0
     return box[0] + pattern * (box[1] - box[0])
 
 
