@@ -54,12 +54,25 @@ def available_gb() -> float | None:
     return None
 
 
-def worker_count(workers: int | None, jobs: int, *, mem_per_worker_gb: float) -> int:
-    """``workers`` as set (at most ``jobs``), or one per usable core that memory allows."""
+def uses_cuda(config: DictConfig) -> bool:
+    """Whether the sweep's jobs train on a GPU (``device`` cuda…, or auto where CUDA is available)."""
+    device = str(config.get("device", "auto"))
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+def worker_count(workers: int | None, jobs: int, *, mem_per_worker_gb: float, cuda: bool = False) -> int:
+    """``workers`` as set (at most ``jobs``), or one per usable core that memory allows (one when the jobs use the
+    GPU: they would share it; set ``hydra.launcher.workers`` to run several on it)."""
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"hydra.launcher.workers must be a positive integer or null (got {workers!r})")
         return max(1, min(workers, jobs))
+    if cuda:
+        return 1
     count = min(usable_cores(), jobs)
     free = available_gb()
     if free is not None and mem_per_worker_gb > 0:

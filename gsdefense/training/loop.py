@@ -1,9 +1,10 @@
 """One training loop for vanilla and DP training, on tensors already on the device.
 
 Batches are index tensors drawn on the device (``batches``): a shuffled partition per epoch for
-vanilla training, independent Bernoulli(q) masks (Poisson sampling) for DP-SGD, padded to one
-shape for the hook-free DP engines (``dp.fixed_shape``; exact: padding has weight 0). No
-per-sample Python runs inside an epoch, and no per-step host read of a batch size.
+vanilla training, Poisson samples for DP-SGD (Binomial(n, q) sizes, then uniform subsets: the
+distribution of independent Bernoulli(q) masks), padded to one shape for the hook-free DP engines
+(``dp.fixed_shape``; exact: padding has weight 0). No per-sample Python runs inside an epoch, and
+no per-step host read of a batch size. ``lr``/``mlp`` models train through ``training.chain``.
 """
 
 from __future__ import annotations

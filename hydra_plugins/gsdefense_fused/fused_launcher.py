@@ -152,9 +152,10 @@ class FusedLauncher(Launcher):
         return out
 
     def _pool(self, units: int) -> Any:
-        from gsdefense.workers import WorkerPool, worker_count
+        from gsdefense.workers import WorkerPool, uses_cuda, worker_count
 
-        workers = worker_count(self.workers, units, mem_per_worker_gb=self.mem_per_worker_gb)
+        workers = worker_count(self.workers, units, mem_per_worker_gb=self.mem_per_worker_gb,
+                               cuda=uses_cuda(self.config))  # fmt: skip
         if workers == 1:
             return None
         log.info("Running %d fused groups and lone jobs on %d workers", units, workers)
@@ -221,12 +222,9 @@ class _Here:
 
 
 def _on_cpu(cfg: DictConfig) -> bool:
-    device = str(cfg.get("device", "auto"))
-    if device == "auto":
-        import torch
+    from gsdefense.workers import uses_cuda
 
-        return not torch.cuda.is_available()
-    return device.startswith("cpu")
+    return not uses_cuda(cfg)
 
 
 def _pending(cfg: DictConfig) -> dict:

@@ -14,35 +14,21 @@ Stopping: on SIGTERM or SIGINT the launcher kills its workers and exits (143 / 1
 is gone is killed by the kernel (Linux ``PR_SET_PDEATHSIG``), so no job trains on as an orphan.
 ``hydra/launcher=fused`` runs its groups on the same pool (``WorkerPool``).
 
-This module is imported whenever Hydra scans for plugins (without ``from __future__ import annotations``: the scan
-does not register the module, which dataclasses' string annotations need): it imports neither torch nor gsdefense.
+Its settings are ``conf/hydra/launcher/parallel.yaml``. This module is imported whenever Hydra scans for plugins
+(without ``from __future__ import annotations``, as the other plugins): it imports neither torch nor gsdefense.
 """
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ParallelLauncherConf:
-    _target_: str = "hydra_plugins.gsdefense_fused.parallel.ParallelLauncher"
-    # Worker processes; null: one per usable core (os.sched_getaffinity), capped by jobs and memory. 1: in-process.
-    workers: Any = None
-    # Memory a worker may need (torch, its datasets, a model): fewer workers where MemAvailable holds fewer.
-    mem_per_worker_gb: float = 2.0
-
-
-ConfigStore.instance().store(group="hydra/launcher", name="parallel", node=ParallelLauncherConf, provider="gsdefense")
 
 
 class ParallelLauncher(Launcher):
@@ -57,9 +43,10 @@ class ParallelLauncher(Launcher):
 
     def pool(self, jobs: int) -> Any:
         """A ``gsdefense.workers.WorkerPool`` for ``jobs`` jobs, or None when one worker is all there is."""
-        from gsdefense.workers import WorkerPool, worker_count
+        from gsdefense.workers import WorkerPool, uses_cuda, worker_count
 
-        workers = worker_count(self.workers, jobs, mem_per_worker_gb=self.mem_per_worker_gb)
+        workers = worker_count(self.workers, jobs, mem_per_worker_gb=self.mem_per_worker_gb,
+                               cuda=uses_cuda(self.config))  # fmt: skip
         if workers == 1:
             return None
         return WorkerPool(workers, hydra_context=self.hydra_context, task_function=self.task_function,
