@@ -83,8 +83,10 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def _stop_mid_training(tmp_path: Path, launcher: list[str], sig: signal.Signals, *, training: str) -> tuple:
-    """Start a sweep of two long jobs, send ``sig`` once ``training`` shows in a job's log; (exit code, survivors)."""
+def _stop_mid_training(tmp_path: Path, launcher: list[str], sig: signal.Signals, *, training: str,
+                       victim: str = "launcher") -> tuple:  # fmt: skip
+    """Start a sweep of two long jobs, send ``sig`` once ``training`` shows in a job's log (to the launcher, or to
+    one ``worker``); (exit code, survivors, stderr)."""
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "launch.py"), "-m", *launcher, "optimizer.epochs=4000", "dp.noise=0.5,1",
@@ -101,31 +103,57 @@ def _stop_mid_training(tmp_path: Path, launcher: list[str], sig: signal.Signals,
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     family = _descendants(proc.pid)
     assert family, "the jobs run in processes of their own"
-    os.kill(proc.pid, sig)
-    code = proc.wait(timeout=30)
+    if victim == "worker":  # a worker is a child of the fork server, itself a child of the launcher
+        workers = [p for p in family if _descendants(p) == set() and p not in _children_of(proc.pid)]
+        os.kill(workers[0], sig)
+    else:
+        os.kill(proc.pid, sig)
+    code = proc.wait(timeout=60)
     deadline = time.time() + 15
     while _alive(family) and time.time() < deadline:
         time.sleep(0.2)
     survivors = _alive(family)
     for pid in survivors:  # never leave them behind, even when the test fails
         os.kill(pid, signal.SIGKILL)
-    return code, survivors
+    return code, survivors, proc.stderr.read()
+
+
+def _children_of(pid: int) -> set[int]:
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.add(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return kids
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stopping_the_parallel_launcher_ends_its_workers(tmp_path, sig):
-    code, survivors = _stop_mid_training(tmp_path, ["hydra.launcher.workers=2"], sig, training="train epoch 2/4000")
+    code, survivors, _ = _stop_mid_training(tmp_path, ["hydra.launcher.workers=2"], sig,
+                                            training="train epoch 2/4000")  # fmt: skip
     assert code == 128 + sig and not survivors
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_killed_worker_ends_the_sweep_with_one_line(tmp_path):
+    """A worker killed (say by the out-of-memory killer) ends the sweep: exit 1, one line, no traceback, no orphan."""
+    code, survivors, err = _stop_mid_training(tmp_path, ["hydra.launcher.workers=2"], signal.SIGKILL,
+                                              training="train epoch 2/4000", victim="worker")  # fmt: skip
+    assert code == 1 and not survivors
+    assert "a worker process died" in err and "Rerun the same command to resume" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigterm_of_the_local_launcher_ends_its_jobs(tmp_path):
     """Issue 23: submitit's local jobs (which ignore SIGTERM) trained on as orphans for ≥ 45 s."""
-    code, survivors = _stop_mid_training(tmp_path, ["hydra/launcher=local", "hydra.launcher.gpus_per_node=0"],
-                                         signal.SIGTERM, training="train epoch 2/4000")  # fmt: skip
+    code, survivors, _ = _stop_mid_training(tmp_path, ["hydra/launcher=local", "hydra.launcher.gpus_per_node=0"],
+                                            signal.SIGTERM, training="train epoch 2/4000")  # fmt: skip
     assert code == -signal.SIGTERM and not survivors
 
 

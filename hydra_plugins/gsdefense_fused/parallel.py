@@ -65,9 +65,18 @@ class ParallelLauncher(Launcher):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
         if pool is None:
             return [self._here(overrides, idx) for idx, overrides in zip(indices, job_overrides)]
+        from concurrent.futures.process import BrokenProcessPool
+
         with pool:
             futures = [pool.job(overrides, idx) for idx, overrides in zip(indices, job_overrides)]
-            return [pool.result(f) for f in futures]
+            try:
+                return [pool.result(f) for f in futures]
+            except BrokenProcessPool as err:  # a worker was killed (out of memory?): say so in one line
+                done = sum(f.done() and f.exception() is None for f in futures)
+                log.error("a worker process died (%s); %d of %d jobs finished and keep their results. Rerun the "
+                          "same command to resume, with fewer hydra.launcher.workers if memory ran out",
+                          err, done, len(futures))  # fmt: skip
+                raise SystemExit(1) from None
 
     def _here(self, overrides: Sequence[str], idx: int) -> JobReturn:
         from gsdefense.workers import run_job_here
