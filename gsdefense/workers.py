@@ -177,17 +177,20 @@ class WorkerPool:
         self.executor.shutdown(wait=exc[0] is None, cancel_futures=True)
 
     def kill(self) -> None:
-        for process in list(getattr(self.executor, "_processes", {}).values()):
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
             if process.is_alive():
                 process.kill()
 
     def _stop(self, signum: int, frame) -> None:
-        log.error("%s: stopping the sweep's workers", signal.Signals(signum).name)
+        self.abort(f"{signal.Signals(signum).name}: the sweep's workers were stopped.", code=128 + signum)
+
+    def abort(self, message: str, *, code: int = 1) -> None:
+        """Kill the workers, print ``message`` (one line) and leave now (the pool cannot be shut down cleanly)."""
         self.kill()
         logging.shutdown()
         sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(128 + signum)
+        print(message, file=sys.stderr, flush=True)
+        os._exit(code)
 
     def call(self, fn: Callable, *args) -> Future:
         """``fn(*args)`` in a worker; the future's ``result()`` is the (cloud)pickled return value: ``unpack`` it."""

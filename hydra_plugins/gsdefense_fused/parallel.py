@@ -73,10 +73,9 @@ class ParallelLauncher(Launcher):
                 return [pool.result(f) for f in futures]
             except BrokenProcessPool as err:  # a worker was killed (out of memory?): say so in one line
                 done = sum(f.done() and f.exception() is None for f in futures)
-                log.error("a worker process died (%s); %d of %d jobs finished and keep their results. Rerun the "
-                          "same command to resume, with fewer hydra.launcher.workers if memory ran out",
-                          err, done, len(futures))  # fmt: skip
-                raise SystemExit(1) from None
+                pool.abort(f"error: a worker process died ({err}); {done} of {len(futures)} jobs finished and keep "
+                           "their results. Rerun the same command to resume, with fewer hydra.launcher.workers if "
+                           "memory ran out.")  # fmt: skip
 
     def _here(self, overrides: Sequence[str], idx: int) -> JobReturn:
         from gsdefense.workers import run_job_here
