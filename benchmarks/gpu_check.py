@@ -4,7 +4,7 @@
                                    [--dp-variant NAME:FIELD=VALUE,...] [--budget-s 210] [--quick]
 
 One call on a GPU machine runs the CUDA tests and then this script: ``scripts/gpu-check.sh`` (its header has
-the device tool's command: ``run(command="bash scripts/gpu-check.sh", carry=[".whl"], timeout_s=540)`` after
+the device tool's command: ``run(command="bash scripts/gpu-check.sh", carry=[".whl"], timeout_s=600)`` after
 ``scripts/gpu-check.sh --fetch-wheels`` here). ``--device cpu --quick`` is the CI smoke test.
 
 Every figure is the median of ``--repeats`` timed runs after one untimed warm-up run of the same arm, with

@@ -32,7 +32,7 @@ from gsdefense.io import atomic_write, write_json
 log = logging.getLogger(__name__)
 
 #: Bump when the training code changes what a cached entry would contain.
-CACHE_VERSION = 3  # 3: entries carry their spec and are validated on read
+CACHE_VERSION = 4  # 4: Poisson batches drawn as Binomial sizes + uniform subsets (DP references retrain)
 
 Check = Callable[[Any], None]  # raises (any Exception) when an entry must not be used
 

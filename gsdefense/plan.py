@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 
 from gsdefense.attacks import Attack, RunContext, build_attack
 from gsdefense.cache import check_dir
-from gsdefense.data import input_map, load_dataset
+from gsdefense.data import input_map
 from gsdefense.data.bundle import DataBundle
+from gsdefense.data.memo import load_dataset_cached
 from gsdefense.defenses import Defense, build_defense
 from gsdefense.detectors import check_detector, defender_split, holds_out
 from gsdefense.errors import ConfigError
@@ -88,7 +89,7 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
     telemetry = telemetry_config(cfg.telemetry)
     checkpoint_config(cfg.checkpoint)
     cache_dir = check_dir(str(cfg.cache_dir), field="cache_dir")
-    loaded = data if data is not None else load_dataset(cfg.dataset, seed=seed).to(device)
+    loaded = data if data is not None else load_dataset_cached(cfg.dataset, seed=seed).to(device)
     detector = typed["detector"]
     data, defender = hold_out_defender(loaded, fraction=holds_out(detector), seed=seed)
     optimizer = typed["optimizer"]

@@ -146,7 +146,8 @@ def _tabular(df: pd.DataFrame) -> pd.DataFrame:
 def write_report(dirs: Sequence[Path], out: Path, *, rad: str = "auto") -> pd.DataFrame:
     """Load the runs of ``dirs`` and write every report file into ``out``; returns the runs frame.
 
-    ``rad``: which RAD the figures plot — ``auto`` (each sweep's ``rad_definition``), ``final``, ``best`` or ``early_stop``.
+    ``rad``: which RAD the figures plot — ``auto`` (each sweep's ``rad_definition``), ``final``, ``best`` or
+    ``early_stop``.
     """
     runs = load_runs(dirs)
     if rad != "auto" and not runs.empty:

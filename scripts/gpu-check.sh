@@ -8,15 +8,17 @@
 # This workplace's device machine (python3 3.12 with torch, numpy, scipy, pandas, sklearn, … but no hydra-core,
 # omegaconf, antlr4, opacus or submitit; no network), from the repo root:
 #   1. here, once:    scripts/gpu-check.sh --fetch-wheels      (6 pure-Python wheels, ~0.8 MB, into .whl/, git-ignored)
-#   2. one run call:  run(command="bash scripts/gpu-check.sh", carry=[".whl"], timeout_s=540)
+#   2. one run call:  run(command="bash scripts/gpu-check.sh", carry=[".whl"], timeout_s=600)
 # On the machine the script installs .whl/*.whl into /tmp/site when those packages are missing and puts
 # /tmp/site and the repo root on PYTHONPATH (no `pip install -e .` needed: launch.py, the tests and the
 # benchmarks import gsdefense and hydra_plugins from the repo root). It then prints the environment, runs
-# `pytest -m cuda tests/test_cuda.py` (capped at 200 s), then `benchmarks/gpu_check.py --device cuda` (its
-# own budget 185 s, capped at 220 s), then `benchmarks/frogs_trials.py` (5 targets, capped at 50 s), ~4 min in
-# all, under 8 min at worst. It writes into OUT_DIR (7 files, within the device tool's 8): env.txt,
-# cuda-tests.log, cuda-tests.xml, benchmark.log, gpu_check.json, gpu_check.md (the table, also printed) and
-# frogs-trials.log.
+# `pytest -m cuda tests/test_cuda.py` (capped at 190 s), then `benchmarks/gpu_check.py --device cuda` (its
+# own budget 170 s, capped at 200 s), then `benchmarks/frogs_trials.py` (5 targets, capped at 50 s), then, on
+# the machine's otherwise idle CPU, `benchmarks/fmnist_floor.py` (issue 25's FashionMNIST epochs against their
+# floor, one thread; random data of FashionMNIST's shape where the IDX files are absent; capped at 90 s), ~5 min
+# in all, under 9 min at worst. It writes into OUT_DIR (8 files, the device tool's limit): env.txt,
+# cuda-tests.log, cuda-tests.xml, benchmark.log, gpu_check.json, gpu_check.md (the table, also printed),
+# frogs-trials.log and fmnist-floor.log.
 # Exit status: 0 when every CUDA test passes, the table is complete and the trials benchmark ran; 1 when any
 # fails; 2 when there is no CUDA device.
 set -u
@@ -66,15 +68,17 @@ fi
 
 set -o pipefail
 echo "== CUDA tests"
-timeout 200 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py --durations=10 \
+timeout 190 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py --durations=10 \
     --junitxml="$out/cuda-tests.xml" 2>&1 | tee "$out/cuda-tests.log"
 tests=$?
 echo "== benchmark table"
-timeout 220 python3 benchmarks/gpu_check.py --device cuda --budget-s 185 --out "$out" 2>&1 | tee "$out/benchmark.log"
+timeout 200 python3 benchmarks/gpu_check.py --device cuda --budget-s 170 --out "$out" 2>&1 | tee "$out/benchmark.log"
 bench=$?
 echo "== Poison Frogs trials: batched vs one after another"
 timeout 50 python3 benchmarks/frogs_trials.py --device cuda --mode oneshot --dp dpsgd --arms before batched \
     --targets 5 2>&1 | tee "$out/frogs-trials.log"
 frogs=$?
+echo "== FashionMNIST epochs against their floor (CPU, one thread)"
+timeout 90 python3 benchmarks/fmnist_floor.py --repeats 3 --epochs 1 2>&1 | grep -v Warning | tee "$out/fmnist-floor.log"
 echo "gpu-check: CUDA tests exit $tests, benchmark exit $bench, trials exit $frogs; files in $out"
 [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ] && [ "$frogs" -eq 0 ]

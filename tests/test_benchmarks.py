@@ -91,3 +91,16 @@ def test_sweep_overhead_books_a_sweep_to_its_phases(tmp_path):
     assert calls["training"] == 6 + 1 + 6  # the runs, the vanilla reference, one DP reference per (clip, noise)
     assert all(seconds[p] > 0 for p in ("imports", "Hydra compose", "training", "references", "outputs"))
     assert "| training |" in (tmp_path / "sweep_overhead.md").read_text()
+
+
+def test_fmnist_floor_prints_the_ratio_table(tmp_path):
+    """benchmarks/fmnist_floor.py on random data of FashionMNIST's shape (no IDX files in --data-dir)."""
+    proc = _script(str(ROOT / "benchmarks" / "fmnist_floor.py"), "--workloads", "lr", "--repeats", "1", "--epochs", "1",
+                   "--data-dir", str(tmp_path), "--json", str(tmp_path / "floor.json"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "random data of FashionMNIST's shape" in proc.stdout
+    [row] = [line for line in proc.stdout.splitlines() if line.startswith("| lr |")]
+    ratios = [float(v) for v in row.strip("|").split("|")[-3:]]  # vanilla ÷ floor, DP ÷ floor, DP ÷ vanilla
+    assert all(r > 0 for r in ratios)
+    report = json.loads((tmp_path / "floor.json").read_text())["lr"]
+    assert report["n"] == 10_800 and report["steps"] == 36 and report["cpu_s"]["dp"] > 0

@@ -319,3 +319,25 @@ def test_training_steps_do_not_synchronise_with_the_host(device, kind: str):
     many = _sync_sites(lambda: _one_epoch(kind, device, x, y, 32))  # 16 steps
     per_step = Counter(many) - Counter(few)
     assert not per_step, f"{kind}: syncs that grow with the number of steps (4 → 16 steps): {dict(per_step)}"
+
+
+# --- the closed-form chain engine (lr, mlp) on the device -----------------------------------------------------
+
+
+CHAIN_DPS = [None, DPSGDConfig(clip=0.5, noise=0.7), DPSGDConfig(clip=0.5, noise=0.7, fixed_shape=True)]
+
+
+@pytest.mark.parametrize("dp", CHAIN_DPS, ids=["vanilla", "dp", "dp-fixed-shape"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["plain-sgd", "momentum"])
+def test_chain_training_equals_the_generic_routes_on_the_device(device, monkeypatch, dp, momentum):
+    """Whole runs on the device: the chain route (training.chain) against autograd / generic book-keeping."""
+    from gsdefense.training import fast_dp
+
+    x, y = _on(device, "mlp", 96)
+    opt = SGDConfig(lr=0.2, momentum=momentum, batch_size=16, epochs=2)
+    runs = []
+    for chain in (True, False):
+        monkeypatch.setattr(fast_dp, "CHAIN", chain)
+        runs.append(train(_model("mlp").to(device), x, y, optimizer_cfg=opt, dp=dp, seed=2, noise_seed=5))
+    torch.testing.assert_close(_flat(runs[0].model), _flat(runs[1].model), rtol=1e-5, atol=1e-6)
+    assert runs[0].history[-1]["train_loss"] == pytest.approx(runs[1].history[-1]["train_loss"], rel=1e-5)

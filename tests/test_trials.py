@@ -272,7 +272,10 @@ def test_the_defense_runs_per_trial_and_each_member_keeps_its_own_rows(tmp_path)
 def test_poison_frogs_batched_equals_one_after_another(tmp_path, mode, dp, monkeypatch):
     """Verdicts, success epochs, poisons used, trials, epochs and ε of the batched run equal the sequential run's,
     with rounds of at most 5 members mixing targets."""
-    plan = prepare(compose_cfg(*FROGS, f"attack.mode={mode}", f"dp={dp}", *(SMALL_NOISE if dp == "dpsgd" else [])))
+    # seed 2: a DP multipoison target succeeds after failed trials with these Poisson batches (measured)
+    seed = ["seed=2"] if (mode, dp) == ("multipoison", "dpsgd") else []
+    plan = prepare(compose_cfg(*FROGS, f"attack.mode={mode}", f"dp={dp}", *(SMALL_NOISE if dp == "dpsgd" else []),
+                               *seed))  # fmt: skip
     sizes: dict[str, list[int]] = {}
     metrics = {}
     for name, cls, kw in (("batched", TrialRunner, {"max_members": 5}), ("sequential", OneByOne, {})):

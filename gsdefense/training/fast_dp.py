@@ -12,7 +12,10 @@ and each step is booked with Opacus' accountant as ``(σ, q)``, so ε is Opacus'
 
 ``gsdefense.training.engine`` picks the engine (``auto``: ``bk`` when every trainable
 layer is a Linear, Conv2d or GroupNorm, else ``vmap``; measured on CPU, see
-``benchmarks/speed.py``), validates the model for DP, and gives q.
+``benchmarks/speed.py``), validates the model for DP, and gives q. ``bk`` on a chain model
+(``model=lr|mlp``) runs its closed form (``training.chain``): no autograd, the first layer's input
+norms cached per dataset (``bind``), and each parameter's clipped sum written by one GEMM into the
+noise drawn for it (persistent buffers that become ``.grad``).
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ from torch import nn
 
 from gsdefense.training.accounting import PrivateTraining
 from gsdefense.training.adaptive import NoiseTracker
+from gsdefense.training.chain import Chain
 from gsdefense.training.engine import poisson_rate
+from gsdefense.training.optim import plain_sgd_lr
 from gsdefense.training.per_sample import BookKeepingClippedSum, VmapClippedSum
+
+CHAIN = True  # bk on chain models runs training.chain's closed form; False: the generic engine (tests, benchmarks)
 
 
 class FastDPOptimizer:
@@ -53,7 +60,10 @@ class FastDPOptimizer:
         self.original_optimizer = optimizer
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.mode = mode
+        self.chain = Chain.of(model) if mode == "bk" and CHAIN else None
         self.clipped_sum = BookKeepingClippedSum(model) if mode == "bk" else VmapClippedSum(model)
+        self.grads = [torch.zeros_like(p) for p in self.params]  # noise + clipped sum, handed over as .grad
+        self.direct_lr = plain_sgd_lr(optimizer)  # plain SGD: p ← p − lr·g applied here, without .grad
         self.noise_multiplier, self.max_grad_norm = noise_multiplier, max_grad_norm
         self.expected_batch_size, self.generator = expected_batch_size, generator
         self.accountant, self.sample_rate = accountant, sample_rate
@@ -74,27 +84,52 @@ class FastDPOptimizer:
     def load_state_dict(self, state: dict) -> None:
         self.original_optimizer.load_state_dict(state)
 
-    def private_step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def bind(self, x: torch.Tensor) -> None:
+        """Cache what a step may reuse of the dataset ``x`` (a chain model's first-layer input norms)."""
+        if self.chain is not None:
+            self.chain.bind(x)
+
+    def private_step(
+        self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None, *, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One DP-SGD step on the batch ``(x, y)``; returns the batch's summed (detached) loss.
 
-        ``weight`` marks a fixed-shape batch's real rows (1) and padding (0, contributing exactly nothing).
+        ``weight`` marks a fixed-shape batch's real rows (1) and padding (0, contributing exactly nothing);
+        ``rows``: the batch's row indices in the dataset given to ``bind`` (lets a step reuse cached values).
         """
         clip, scale = self.max_grad_norm, 1.0 / self.expected_batch_size
         std = self.noise_multiplier * clip * scale  # (σC·z)/(q·n), drawn as σC/(q·n)·z
-        if len(x):
+        grads, noisy = self.grads, std > 0
+        if noisy:  # per parameter, in model.parameters() order: Opacus' torch.normal calls, the same values
+            for g in grads:
+                g.normal_(mean=0.0, std=std, generator=self.generator)
+        elif not len(x):
+            for g in grads:
+                g.zero_()
+        if len(x) and self.chain is not None:
+            loss_sum, norms = self.chain.clipped_sums(x, y, grads, clip=clip, scale=scale, weight=weight, rows=rows,
+                                                      accumulate=noisy)  # fmt: skip
+        elif len(x):
             sums, loss_sum, norms = self.clipped_sum(x, y, clip=clip, scale=scale, weight=weight)
-            self.last_norms = norms.detach()  # whole-model per-sample norms this step clipped with (telemetry)
-            if self.adaptive:
-                self.tracker.record(norms, weight)
+            for g, s in zip(grads, sums):
+                if noisy:
+                    g.add_(s.view_as(g))
+                else:
+                    g.copy_(s.view_as(g))
         else:  # an empty Poisson batch is still a step: the update is pure noise
-            sums, loss_sum = [torch.zeros_like(p) for p in self.params], torch.zeros((), device=x.device)
-            self.last_norms = x.new_zeros(0)
-        for p, s in zip(self.params, sums):
-            if std > 0:
-                s = s.add_(torch.normal(mean=0.0, std=std, size=s.shape, device=s.device, generator=self.generator))
-            # contiguous: torch's fused optimizers (optim._build) misread a strided gradient (torch 2.14, CPU)
-            p.grad = (s if s.shape == p.shape else s.view_as(p)).contiguous()
-        self.original_optimizer.step()
+            loss_sum, norms = torch.zeros((), device=x.device), None
+        # whole-model per-sample norms this step clipped with (telemetry reads them; empty for an empty batch)
+        self.last_norms = norms.detach() if norms is not None else x.new_zeros(0)
+        if self.adaptive and norms is not None:
+            self.tracker.record(norms, weight)
+        if self.direct_lr is not None:
+            with torch.no_grad():
+                for p, g in zip(self.params, grads):
+                    p.add_(g, alpha=-self.direct_lr)
+        else:
+            for p, g in zip(self.params, grads):
+                p.grad = g
+            self.original_optimizer.step()
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         return loss_sum
 

@@ -1,9 +1,10 @@
 """One training loop for vanilla and DP training, on tensors already on the device.
 
 Batches are index tensors drawn on the device (``batches``): a shuffled partition per epoch for
-vanilla training, independent Bernoulli(q) masks (Poisson sampling) for DP-SGD, padded to one
-shape for the hook-free DP engines (``dp.fixed_shape``; exact: padding has weight 0). No
-per-sample Python runs inside an epoch, and no per-step host read of a batch size.
+vanilla training, Poisson samples for DP-SGD (Binomial(n, q) sizes, then uniform subsets: the
+distribution of independent Bernoulli(q) masks), padded to one shape for the hook-free DP engines
+(``dp.fixed_shape``; exact: padding has weight 0). No per-sample Python runs inside an epoch, and
+no per-step host read of a batch size. ``lr``/``mlp`` models train through ``training.chain``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from gsdefense.telemetry import GradientProbe
+from gsdefense.training import fast_dp
 from gsdefense.training.batches import PaddedBatch, poisson_batches, poisson_plan, use_fixed_shape, vanilla_batches
+from gsdefense.training.chain import Chain
 from gsdefense.training.checkpoint import Checkpointer
 from gsdefense.training.dp import DPSGDConfig, private_training
 from gsdefense.training.fast_dp import FastDPOptimizer
-from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig
+from gsdefense.training.optim import OPTIMIZERS, AdamConfig, SGDConfig, plain_sgd_lr
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,11 @@ def train(
             private.engine.accountant.history = [tuple(h) for h in accountant_history]
 
     fast = isinstance(optimizer, FastDPOptimizer)  # hook-free DP: one call does clip, noise and step
+    if fast:
+        optimizer.bind(x)
+    # vanilla training of lr/mlp: the closed-form gradient (training.chain), autograd's to float rounding
+    chain = Chain.of(model) if private is None and fast_dp.CHAIN else None
+    direct_lr = plain_sgd_lr(optimizer) if chain is not None else None  # the chain applies plain SGD's step itself
     result = TrainResult(model=model)
     start = time.perf_counter()
     step, first_epoch = 0, 1
@@ -145,13 +153,19 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             if probe is not None:
                 probe.begin_step(model, x, idx)
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             if fast:
-                loss_sum += optimizer.private_step(x[idx], y[idx], weight)
+                loss_sum += optimizer.private_step(xb, yb, weight, rows=idx)
                 seen += size
+            elif chain is not None and len(idx):
+                loss_sum += chain.mean_gradients(xb, yb, lr=direct_lr)
+                seen += len(idx)
+                if direct_lr is None:
+                    optimizer.step()
             else:
-                out = module(x[idx])
+                out = module(xb)
                 if len(idx):
-                    loss = F.cross_entropy(out, y[idx])
+                    loss = F.cross_entropy(out, yb)
                     loss_sum += loss.detach() * len(idx)
                     seen += len(idx)
                 else:

@@ -1,12 +1,16 @@
 """``hydra/launcher=fused``: train the jobs of a sweep that differ only in ``vary`` keys together.
 
 The launcher groups the multirun's jobs with ``gsdefense.fuse.group_jobs`` and runs
-each group in one process (``gsdefense.fuse.run_group``): in this process one group
-after another, or, with a ``submitit`` node (``hydra/launcher=fused_slurm`` or
-``fused_local``), one submitit job per group, so a Slurm array task trains a whole
-group. Every job still gets its own output dir with ``.hydra/`` (written here by
-Hydra's ``run_job``), ``metrics.json``, ``history.csv``, … A job that cannot fuse
-runs on its own, as with the basic launcher, after a log line saying why.
+each group in one process (``gsdefense.fuse.run_group``): on this machine's cores, the
+groups and the jobs that run alone spread over ``workers`` processes
+(``gsdefense.workers``, as ``hydra/launcher=parallel``), or, with a ``submitit`` node
+(``hydra/launcher=fused_slurm`` or ``fused_local``), one submitit job per group, so a
+Slurm array task trains a whole group. Every job still gets its own output dir with
+``.hydra/`` (written here by Hydra's ``run_job``), ``metrics.json``, ``history.csv``, …
+A job that cannot fuse runs on its own, as with the basic launcher, after a log line
+saying why. Convolutional models (cnn, resnet18) on a CPU run unfused unless
+``fuse_conv_on_cpu``: there their grouped convolutions are slower than separate runs
+(``benchmarks/fused_grid.py``: 0.82× for a 40-run digits CNN grid).
 
 This module is imported whenever Hydra scans for plugins: it imports neither
 torch nor gsdefense at import time.
@@ -44,16 +48,34 @@ class FusedLauncherConf:
     max_group_size: int = 40
     # Config keys the members of a group may differ in; everything else must be equal.
     vary: list[str] = field(default_factory=lambda: list(FUSABLE))
-    # null: the groups run one after another in this process. A hydra-submitit-launcher node
+    # null: the groups run on this machine (see workers). A hydra-submitit-launcher node
     # (hydra/launcher=fused_slurm or fused_local set it): one submitit job per group.
     submitit: Any | None = None
+    # Without submitit: worker processes for the groups and lone jobs (null: one per core that memory allows at
+    # mem_per_worker_gb each; 1: one after another in this process), as hydra/launcher=parallel.
+    workers: Any = None
+    mem_per_worker_gb: float = 2.0
+    # Fuse cnn/resnet18 grids on a CPU too (by default they run unfused there: grouped convolutions are slower).
+    fuse_conv_on_cpu: bool = False
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="gsdefense")
 
 
+CONV_MODELS = ("cnn", "resnet18")
+
+
 class FusedLauncher(Launcher):
-    def __init__(self, max_group_size: int = 40, vary: Sequence[str] = tuple(FUSABLE), submitit: Any = None) -> None:
+    def __init__(
+        self,
+        max_group_size: int = 40,
+        vary: Sequence[str] = tuple(FUSABLE),
+        submitit: Any = None,
+        workers: Any = None,
+        mem_per_worker_gb: float = 2.0,
+        fuse_conv_on_cpu: bool = False,
+    ) -> None:
+        self.workers, self.mem_per_worker_gb, self.fuse_conv_on_cpu = workers, mem_per_worker_gb, fuse_conv_on_cpu
         if max_group_size < 1:
             raise ValueError(f"hydra.launcher.max_group_size must be >= 1 (got {max_group_size})")
         unknown = [k for k in vary if k not in FUSABLE]
@@ -82,21 +104,28 @@ class FusedLauncher(Launcher):
                 cfg.hydra.job.id = cfg.hydra.job.num = idx
             sweep_configs.append(cfg)
         task_cfgs = [_without_hydra(c) for c in sweep_configs]
-        groups = group_jobs(task_cfgs, vary=self.vary, max_group_size=self.max_group_size)
+        groups = self._unfuse_conv_on_cpu(group_jobs(task_cfgs, vary=self.vary, max_group_size=self.max_group_size),
+                                          task_cfgs)  # fmt: skip
         log.info("Launching %d jobs as %d fused groups", len(job_overrides), len(groups))
         returns: list[JobReturn | None] = [None] * len(sweep_configs)
         pending = []  # (indices, JobReturns, output dirs) of the groups still to train
+        alone = []  # jobs that run on their own on this machine
         for indices, reason in groups:
             for i in indices:
                 log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(job_overrides[i])))
             if reason is not None:
                 log.info("\t#%d runs alone: %s", initial_job_idx + indices[0], reason)
                 if self.submitit_params is None:
-                    returns[indices[0]] = self._run_job(sweep_configs[indices[0]], self.task_function)
+                    alone.append(indices[0])
                     continue
             rets = [self._run_job(sweep_configs[i], _pending) for i in indices]  # writes each job's .hydra/
             pending.append((indices, rets))
-        metrics = self._train(pending, task_cfgs)
+        pool = self._pool(len(alone) + len(pending)) if self.submitit_params is None else None
+        with pool if pool is not None else _Here():
+            lone = {i: pool.job(job_overrides[i], initial_job_idx + i) if pool else None for i in alone}
+            metrics = self._train(pending, task_cfgs, pool)
+            for i, future in lone.items():
+                returns[i] = pool.result(future) if pool else self._run_job(sweep_configs[i], self.task_function)
         for (indices, rets), group_metrics in zip(pending, metrics):
             for i, ret, m in zip(indices, rets, group_metrics):
                 ret.return_value, ret.status = m, JobStatus.COMPLETED
@@ -109,13 +138,39 @@ class FusedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def _train(self, pending, task_cfgs) -> list[list[dict]]:
+    def _unfuse_conv_on_cpu(self, groups: list, task_cfgs: list[DictConfig]) -> list:
+        """Groups of convolutional models on a CPU split into jobs that run alone (unless ``fuse_conv_on_cpu``)."""
+        out = []
+        for indices, reason in groups:
+            cfg = task_cfgs[indices[0]]
+            if reason is None and not self.fuse_conv_on_cpu and cfg.model.name in CONV_MODELS and _on_cpu(cfg):
+                why = (f"model={cfg.model.name} on the CPU runs unfused: grouped convolutions are slower there than "
+                       "separate runs (hydra.launcher.fuse_conv_on_cpu=true fuses anyway)")  # fmt: skip
+                out += [([i], why) for i in indices]
+            else:
+                out.append((indices, reason))
+        return out
+
+    def _pool(self, units: int) -> Any:
+        from gsdefense.workers import WorkerPool, uses_cuda, worker_count
+
+        workers = worker_count(self.workers, units, mem_per_worker_gb=self.mem_per_worker_gb,
+                               cuda=uses_cuda(self.config))  # fmt: skip
+        if workers == 1:
+            return None
+        log.info("Running %d fused groups and lone jobs on %d workers", units, workers)
+        return WorkerPool(workers, hydra_context=self.hydra_context, task_function=self.task_function,
+                          config=self.config)  # fmt: skip
+
+    def _train(self, pending, task_cfgs, pool=None) -> list[list[dict]]:
         args = []
         for indices, rets in pending:
             dirs = [Path(r.hydra_cfg.hydra.runtime.output_dir) for r in rets]
             logs = [d / f"{r.hydra_cfg.hydra.job.name}.log" for d, r in zip(dirs, rets)]  # the job's own log file
             args.append(([task_cfgs[i] for i in indices], dirs, logs))
         if self.submitit_params is None:
+            if pool is not None:
+                return [pool.result(f) for f in [pool.call(GroupTask(), *a) for a in args]]
             return [GroupTask()(*a) for a in args]
         executor = _executor(dict(self.submitit_params))
         jobs = executor.map_array(GroupTask(), *zip(*args)) if args else []
@@ -154,6 +209,22 @@ class GroupTask(submitit.helpers.Checkpointable):
             for h in handlers:
                 root.removeHandler(h)
                 h.close()
+
+
+class _Here:
+    """No pool: the context of jobs run in this process."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _on_cpu(cfg: DictConfig) -> bool:
+    from gsdefense.workers import uses_cuda
+
+    return not uses_cuda(cfg)
 
 
 def _pending(cfg: DictConfig) -> dict:

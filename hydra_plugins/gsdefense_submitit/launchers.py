@@ -11,6 +11,7 @@ This module is imported whenever Hydra scans for plugins: it imports neither tor
 """
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,18 @@ class SettledSlurmLauncher(_SettlingMixin, SlurmLauncher):
 
 
 class SettledLocalLauncher(_SettlingMixin, LocalLauncher):
-    pass
+    """Its jobs end with it: each watches the launcher's process and, once it is gone (SIGTERM, SIGINT, SIGKILL),
+    kills itself and submitit's controller (submitit's job process ignores SIGTERM; orphans trained on)."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        self.launcher_pid = os.getpid()
+        return super().launch(job_overrides, initial_job_idx)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:  # runs in the job's process
+        from gsdefense.workers import end_with
+
+        end_with(self.launcher_pid)
+        return super().__call__(*args, **kwargs)
 
 
 __all__ = ["SettledLocalLauncher", "SettledSlurmLauncher"]
