@@ -19,6 +19,7 @@ from gsdefense.detectors import check_detector, defender_split, holds_out
 from gsdefense.errors import ConfigError
 from gsdefense.identity import DATA_LOCATION, as_dict, check_seed, typed_groups
 from gsdefense.models import build_model
+from gsdefense.sanity import check_run
 from gsdefense.scenario import RetrainConfig, ScratchConfig
 from gsdefense.telemetry import TelemetryConfig, telemetry_config
 from gsdefense.training.adaptive import AdaptiveDPConfig
@@ -87,6 +88,7 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
     loaded = data if data is not None else load_dataset(cfg.dataset, seed=seed).to(device)
     detector = typed["detector"]
     data, defender = hold_out_defender(loaded, fraction=holds_out(detector), seed=seed)
+    check_run(typed=typed, loaded=loaded, data=data, fraction=holds_out(detector))  # degenerate runs, ε computable
     optimizer = typed["optimizer"]
     context = RunContext(
         seed=seed,
