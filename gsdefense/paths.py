@@ -37,9 +37,24 @@ def launch_path(path: str | Path) -> Path:
     return path
 
 
+def _limits(path: Path) -> tuple[int, int]:
+    """(longest name, longest path) of the filesystem that would hold ``path`` (its nearest existing folder)."""
+    existing = path
+    while existing != existing.parent and not os.path.isdir(existing):
+        existing = existing.parent
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255, 4096
+
+
 def check_path(path: str | Path, *, field: str) -> Path:
-    """``path`` unless looking it up fails for a reason of the path itself: a name too long, a symlink loop."""
+    """``path`` unless it cannot be used for a reason of the path itself: a name longer than its filesystem allows
+    (also below a folder that does not exist yet), a symlink loop."""
     path = Path(path)
+    name_max, path_max = _limits(path)
+    if len(os.fsencode(str(path.absolute()))) >= path_max or any(len(os.fsencode(p)) > name_max for p in path.parts):
+        raise ConfigError(field, f"{short_path(path)} is longer than the filesystem allows.", SHORTER)
     try:
         os.stat(path)
     except OSError as err:

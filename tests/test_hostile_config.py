@@ -112,8 +112,11 @@ def test_grids_that_cannot_run_touch_nothing(tmp_path):
         "same folder": (["dp.clip=1,2", "hydra.sweep.subdir=same"], "hydra.sweep.subdir", "jobs 0 and 1"),
         "outside": (["dp.clip=1,2", "hydra.sweep.subdir=../x-${hydra.job.num}"], "hydra.sweep.subdir", "job 0"),
         "two presets": (["+experiment=[nc_vs_dp,hong_fig4_label_flip]"], "experiment", "2 presets"),
+        "sweep dir interpolation": (["hydra.sweep.dir=${oc.env:GSDEFENSE_NOT_SET_ANYWHERE}"], "hydra.sweep.dir", ""),
+        "sweep dir too long": ([f"hydra.sweep.dir={sweeps}/{LONG}"], "hydra.sweep.dir", "longer than"),
     }
-    batch = [{"args": ["-m", *QUICK, *args, f"hydra.sweep.dir={sweeps}/{i}"]} for i, (args, _, _) in
+    # a case's own hydra.sweep.dir comes after the default one, and wins
+    batch = [{"args": ["-m", *QUICK, f"hydra.sweep.dir={sweeps}/{i}", *args]} for i, (args, _, _) in
              enumerate(grids.values())]  # fmt: skip
     results = run_batch(batch)
     for (name, (_, field, job)), result in zip(grids.items(), results):
