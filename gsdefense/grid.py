@@ -3,7 +3,7 @@
 1. ``dp=none`` jobs drop the ``dp.*`` overrides that do not apply to vanilla training (and the dp keys a preset
    sets), so ``dp=dpsgd,none dp.clip=1,4 dp.noise=0,1`` is the DP grid plus one vanilla job per other setting;
    jobs that became identical are kept once.
-2. Every job's typed config is validated exactly as its run will validate it (``Identity.of``: every check a run
+2. Every job's typed config is validated exactly as its run will validate it (``identity.identity``: every check a run
    makes before it loads data). Composing a config costs ~0.3 s, so it is paid once per distinct combination of
    config-group choices (``attack=blend``, ``dp=none`` …); each job applies its value overrides (``dp.clip=1``)
    to a copy of that composition, and each group's verdict is remembered by its content.
@@ -15,7 +15,6 @@ Anything wrong is one ``ConfigError`` naming the field and the job; nothing has 
 from __future__ import annotations
 
 import copy
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +22,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from gsdefense.errors import ConfigError, one_line, short_path
+from gsdefense.errors import ConfigError, one_line
+from gsdefense.grid_folders import check_folders, job_subdir, override_dirname
 from gsdefense.registry import resolved
-
-SUBDIR = "hydra.sweep.subdir"
-# What hydra.sweep.subdir may use and still be resolved without each job's full config.
-CHEAP_SUBDIR = re.compile(r"\$\{hydra\.job\.(num|id|override_dirname|name)\}")
 
 
 @dataclass
@@ -162,69 +158,6 @@ def apply(cfg: DictConfig, lines: list[str], parsed: Parsed) -> None:
                 fix = "check its spelling (python launch.py --cfg job lists every key)."
                 raise ConfigError(key_of(line), "is not a known key.", fix) from None
             raise ConfigError(key_of(line), f"cannot be applied ({one_line(cause)}).") from None
-
-
-def override_dirname(master: DictConfig, lines: list[str], parsed: Parsed) -> str:
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-
-    conf = master.hydra.job.config.override_dirname
-    task = [parsed(line) for line in lines if not parsed(line).is_hydra_override()]
-    return get_overrides_dirname(overrides=task, exclude_keys=list(conf.exclude_keys), item_sep=conf.item_sep,
-                                 kv_sep=conf.kv_sep)  # fmt: skip
-
-
-def job_subdir(master: DictConfig, combo: Combo, task: DictConfig | None, idx: int, lines: list[str],
-               parsed: Parsed) -> str:  # fmt: skip
-    """The job's ``hydra.sweep.subdir``, resolved as Hydra's launcher will resolve it."""
-    expr = OmegaConf.to_container(master.hydra.sweep, resolve=False)["subdir"]
-    dirname = override_dirname(master, lines, parsed)
-    if isinstance(expr, str) and not CHEAP_SUBDIR.sub("", expr).count("${"):
-        values = {"num": idx, "id": idx, "override_dirname": dirname, "name": master.hydra.job.get("name")}
-        return CHEAP_SUBDIR.sub(lambda m: str(values[m.group(1)]), expr)
-    if task is None:
-        task = copy.deepcopy(combo.task)
-        apply(task, [line for line in lines if not parsed.is_group(line)], parsed)
-    full = copy.deepcopy(combo.full)  # the subdir refers to task values or resolvers: the job's whole config
-    with read_write(full), open_dict(full):
-        for key in task:
-            full[key] = task[key]
-        full.hydra.job.num = full.hydra.job.id = idx
-        full.hydra.job.override_dirname = dirname
-    try:
-        return str(OmegaConf.select(full, SUBDIR, throw_on_resolution_failure=True))
-    except Exception as err:  # noqa: BLE001
-        raise ConfigError(SUBDIR, f"cannot be resolved ({one_line(err)}).") from None
-
-
-def check_folders(sweep_dir: Path, subdirs: list[str]) -> list[Path]:
-    """Each job's folder: distinct, inside the sweep folder, a usable path, not held by a live run."""
-    from gsdefense.paths import check_path
-    from gsdefense.runlock import busy, holder
-
-    root = Path(os.path.normpath(sweep_dir))
-    folders, owner = [], {}
-    for idx, subdir in enumerate(subdirs):
-        folder = Path(os.path.normpath(root / subdir))
-        if folder != root and root not in folder.parents:
-            raise ConfigError(
-                SUBDIR,
-                f"puts job {idx} in {short_path(folder)}, outside the sweep folder {short_path(root)} (the summary "
-                "and a resumed sweep would not find it).",
-                "use a path inside the sweep folder, e.g. ${hydra.job.num} (the default).",
-            )
-        if folder in owner:
-            raise ConfigError(
-                SUBDIR,
-                f"gives jobs {owner[folder]} and {idx} the same folder {short_path(folder)}: one would overwrite the "
-                "other's result.",
-                "make it differ per job, e.g. ${hydra.job.num} (the default) or ${hydra.job.override_dirname}.",
-            )
-        owner[folder] = idx
-        check_path(folder, field=SUBDIR)
-        if (who := holder(folder)) is not None:
-            raise busy(folder, who, field="hydra.sweep.dir")
-        folders.append(folder)
-    return folders
 
 
 def sweep_jobs(*, loader: Any, master: DictConfig, arguments: list[str]) -> tuple[int, list[list[str]]]:
