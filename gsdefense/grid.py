@@ -57,11 +57,11 @@ def key_of(line: str) -> str:
 
 
 def collapse_vanilla(jobs: list[list[str]]) -> list[list[str]]:
-    """Jobs with ``dp=none`` without their ``dp.*`` overrides; jobs that became identical kept once, in order."""
+    """Jobs with ``dp=none`` without their ``dp.*`` values; jobs that became identical kept once, in order."""
     out, seen = [], set()
     for job in jobs:
-        if any(line in ("dp=none", "+dp=none", "++dp=none") for line in job):
-            job = [line for line in job if not key_of(line).startswith("dp.")]
+        if any(line in ("dp=none", "+dp=none", "++dp=none") for line in job):  # (a ~dp.<key> deletion stays)
+            job = [line for line in job if line.startswith("~") or not key_of(line).startswith("dp.")]
         if tuple(job) not in seen:
             seen.add(tuple(job))
             out.append(job)
@@ -215,7 +215,8 @@ class _Grid:
             if groups not in self.combos:
                 self.combos[groups] = compose(self.loader, self.master, groups)
             combo = self.combos[groups]
-            job = job + [x for x in combo.vanilla_extra if x not in job]
+            deleted = {key_of(line) for line in job if line.startswith("~")}
+            job = job + [x for x in combo.vanilla_extra if key_of(x) not in deleted]
             if tuple(job) in self.seen:
                 return  # a vanilla job identical to one already in the grid
             values = [line for line in job if line not in groups]

@@ -52,6 +52,9 @@ def test_a_preset_grid_gains_its_vanilla_arm(tmp_path):
     for job in vanilla:
         assert not [line for line in job if line.startswith("dp.")] and {"~dp.clip", "~dp.noise"} <= set(job)
     assert len({tuple(sorted(job)) for job in jobs}) == len(jobs)
+    asked, jobs = grid("+experiment=nc_vs_dp", "dp=none", "~dp.noise", sweep_dir=tmp_path / "s")  # the README's way
+    deletions = [sorted(line.split("=")[0] for line in job if line.startswith("~")) for job in jobs]
+    assert len(jobs) == 9 and deletions == [["~dp.clip", "~dp.noise"]] * 9
 
 
 def test_every_job_is_validated_at_the_cost_of_one_composition(tmp_path, capsys):
