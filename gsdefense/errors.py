@@ -50,4 +50,5 @@ def environment_error(err: OSError, *, field: str, fix: str) -> ConfigError:
     """An OSError of the environment (``ENVIRONMENT_ERRNOS``) as the one-line error naming ``field``."""
     reason = err.strerror or type(err).__name__
     where = f" {short_path(err.filename)}" if err.filename else ""
-    return ConfigError(field, f"cannot write{where} ({reason}).", fix)
+    verb = "write" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
+    return ConfigError(field, f"cannot {verb}{where} ({reason}).", fix)

@@ -8,6 +8,8 @@ multirun every job records its own ``metrics.json`` (ok, diverged or failed) and
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import sys
@@ -39,22 +41,25 @@ def main_task(cfg: DictConfig) -> dict:
         release_all()  # the basic launcher runs the next job in this process
 
 
-def as_config_error(err: BaseException, cfg: DictConfig, *, multirun: bool) -> ConfigError | None:
-    """An OSError of the environment (full or read-only disk …) as the one line naming the folder's setting."""
+def as_config_error(err: BaseException, cfg: DictConfig, *, output_dir: Path, multirun: bool) -> ConfigError | None:
+    """An OSError of the environment (a full or read-only disk …) in the run's folder or the cache as the one line
+    naming that folder's setting; None for anything else (a bug keeps its traceback)."""
     from gsdefense.paths import launch_path
 
     cause = os_error_in(err)
     if cause is None or cause.errno not in ENVIRONMENT_ERRNOS:
         return None
-    field = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    try:
-        cache = launch_path(str(cfg.cache_dir)).absolute()
-        if cause.filename and cache in Path(str(cause.filename)).absolute().parents:
-            field = "cache_dir"
-    except Exception:  # noqa: BLE001 - the output folder is the likelier one anyway
-        pass
-    fix = "free space there (or point it at another filesystem), then rerun the same command: a run continues "
-    return environment_error(cause, field=field, fix=fix + "from its last checkpoint.")
+    where = Path(str(cause.filename)).absolute() if cause.filename else None
+    folders = {"hydra.sweep.dir" if multirun else "hydra.run.dir": output_dir.absolute()}
+    with contextlib.suppress(Exception):  # an unresolvable cache_dir failed long before
+        folders["cache_dir"] = launch_path(str(cfg.cache_dir)).absolute()
+    field = next((f for f, folder in folders.items() if where is not None and folder in where.parents), None)
+    if field is None and (where is not None or cause.errno not in (errno.ENOSPC, errno.EDQUOT)):
+        return None
+    full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "free space there" if full else "make it writable"
+    fix += " (or point it at another filesystem), then rerun the same command: it continues from its last checkpoint."
+    return environment_error(cause, field=field or next(iter(folders)), fix=fix)
 
 
 def _task(cfg: DictConfig, *, output_dir: Path, multirun: bool) -> dict:
@@ -76,7 +81,7 @@ def _task(cfg: DictConfig, *, output_dir: Path, multirun: bool) -> dict:
         sys.exit(2)
     except Exception as err:  # noqa: BLE001 - a sweep must outlive one bad job
         # (SystemExit and KeyboardInterrupt pass: submitit requeues a preempted job by raising SystemExit)
-        if (line := as_config_error(err, cfg, multirun=multirun)) is not None:
+        if (line := as_config_error(err, cfg, output_dir=output_dir, multirun=multirun)) is not None:
             metrics = record_failure(output_dir, line, cfg)  # may fail too on a full disk: logged, not raised
             if multirun:
                 log.error("%s", line)
