@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from gsdefense.errors import ConfigError
-from gsdefense.io import atomic_write, write_json
+from gsdefense.io import atomic_write, file_mode, write_json
+from gsdefense.paths import check_dir as check_dir  # re-exported: callers check the cache folder here
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +50,6 @@ def cache_key(kind: str, spec: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def check_dir(path: str | Path, *, field: str) -> Path:
-    """``path`` as a usable directory (created if missing, writable), or a ConfigError naming ``field``."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(field, f"{path} exists and is not a directory.", "point it at a directory.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(field, f"cannot create {path} ({err.strerror or err}).", "use a writable path.") from None
-    try:
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise ConfigError(field, f"{path} is not writable ({err.strerror or err}).", "use a writable path.") from None
-    return path
-
-
 def cached_entry(
     path: Path,
     load: Callable[[Path], Any],
@@ -80,7 +62,7 @@ def cached_entry(
     The building block of the typed caches below.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    with FileLock(str(path) + ".lock", mode=file_mode()):  # collaborators sharing the cache can take it too
         if path.exists():
             try:
                 return load(path), True

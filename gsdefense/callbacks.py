@@ -10,6 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from gsdefense.analysis import find_run_dirs, read_run
+from gsdefense.errors import one_line
 
 # A diverged run is a recorded, legitimate outcome (non-finite loss): listed, but the sweep still succeeds.
 ACCEPTED = frozenset({"ok", "diverged"})
@@ -41,8 +42,15 @@ class SweepSummary(Callback):
     or invalid (diverged runs are listed but keep exit 0)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from gsdefense.runlock import release_all
+
+        release_all()  # a launcher that trained jobs in this process (fused) leaves their folders to others now
         sweep_dir = config.hydra.sweep.dir
-        groups = sweep_status(sweep_dir)
+        try:
+            groups = sweep_status(sweep_dir)
+        except Exception as err:  # noqa: BLE001 - Hydra would turn an error here into a warning and exit 0
+            print(f"sweep {sweep_dir}: cannot summarise the runs ({one_line(err)})", file=sys.stderr)
+            sys.exit(1)
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(groups.items()))
         print(f"sweep {sweep_dir}: {counts or 'no runs'}", file=sys.stderr)
         for status in sorted(groups):

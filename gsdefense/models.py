@@ -10,6 +10,7 @@ between the two state dicts. Input shape and number of classes always come from 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -171,9 +172,61 @@ def resnet18(cfg: ResNetConfig, *, input_shape: tuple[int, ...], num_classes: in
     return _wrap(net, mean, std, 3)
 
 
+def parameter_count(cfg, *, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """The number of weights ``cfg`` builds for this data, computed without building it (0 for resnet18: its
+    size is fixed, ~11M)."""
+    features, k = math.prod(input_shape), num_classes
+    if isinstance(cfg, LRConfig):
+        return features * k + k
+    if isinstance(cfg, MLPConfig):
+        h = cfg.hidden
+        return features * h + h + (cfg.depth - 1) * (h * h + h) + h * k + k
+    if isinstance(cfg, CNNConfig) and len(input_shape) == 3:
+        c, height, width = input_shape
+        shrink = 4 - 4 * cfg.padding
+        flat = 32 * (max(height - shrink, 0) // 2) * (max(width - shrink, 0) // 2)
+        return (9 * c * 16 + 16) + (9 * 16 * 32 + 32) + flat * cfg.hidden + cfg.hidden + cfg.hidden * k + k
+    return 0
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can take now (``MemAvailable``), else the machine's total; None unknown."""
+    try:
+        for line in open("/proc/meminfo"):  # noqa: SIM115 - a few lines, read once
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# Training holds the weights, their gradients and up to two optimizer moments (Adam): 4 float32 copies.
+COPIES = 4
+
+
+def check_memory(cfg, *, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Refuse a model whose weights, gradients and optimizer state cannot fit in memory, before allocating it
+    (``model.hidden=100000000`` would ask for 25.6 GB of weights and end in an allocator traceback)."""
+    count = parameter_count(cfg, input_shape=input_shape, num_classes=num_classes)
+    need, have = COPIES * 4 * count, available_memory()
+    if have is None or need <= have:
+        return
+    field = "model.hidden" if hasattr(cfg, "hidden") else "model.name"
+    raise ConfigError(
+        field,
+        f"{cfg.name} has {count:.3g} weights for this data: training needs ~{need / 2**30:.1f} GiB (weights, "
+        f"gradients, optimizer state), more than the {have / 2**30:.1f} GiB of memory available.",
+        "use a smaller model (model.hidden, model.depth).",
+    )
+
+
 def build_model(
     node, *, input_shape: tuple[int, ...], num_classes: int, mean: torch.Tensor | None, std: torch.Tensor | None
 ) -> nn.Module:
     """The ``model`` option for this data; ``mean``/``std`` from ``DataBundle`` (None: raw inputs, Identity)."""
     cfg = MODELS.config(node)
+    check_memory(cfg, input_shape=input_shape, num_classes=num_classes)
     return MODELS.builder(node)(cfg, input_shape=input_shape, num_classes=num_classes, mean=mean, std=std)

@@ -15,6 +15,9 @@ Rules, applied by ``claim`` before a run writes anything:
 * With ``resume: false`` an ok result of this config is moved aside too, so that
   a failed recomputation cannot destroy it.
 
+The folder is locked for the life of the run (``gsdefense.runlock``): a second writer is refused, naming the
+holder, before it moves or writes anything.
+
 Only the files runs write (``OUTPUT_PATTERNS``) are ever moved: Hydra's ``.hydra/`` folder, the job's
 ``*.log`` and anything else in the folder stay.
 """
@@ -31,6 +34,7 @@ from typing import Any
 
 from gsdefense.errors import ConfigError
 from gsdefense.io import write_json
+from gsdefense.runlock import acquire
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ def outputs(run_dir: Path) -> list[Path]:
 def read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     return data if isinstance(data, dict) else None
 
@@ -133,9 +137,9 @@ def claim(run_dir: Path, ident: str | None, *, resume: bool, config: dict[str, A
     """Make ``run_dir`` hold only outputs of ``ident`` (None: a config that failed validation).
 
     Returns the metrics of a finished result of ``ident`` when ``resume`` is on and one exists (the run is
-    then complete); otherwise records ``identity.json`` and returns None.
+    then complete); otherwise records ``identity.json`` and returns None. FolderBusy when another run holds it.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    acquire(run_dir)
     current = owner(run_dir)
     if outputs(run_dir) and current != ident:
         supersede(run_dir, why=f"they belong to run {current or 'unknown'}, this is {ident or 'an invalid config'}")
@@ -155,8 +159,9 @@ def claim_for_failure(run_dir: Path, ident: str | None) -> bool:
     """Prepare ``run_dir`` for a failed run's metrics.json; False when a finished result of ``ident`` is there.
 
     Outputs of another config are moved aside; a finished result is never replaced by a failure record.
+    FolderBusy when another live run holds the folder: its files are not touched.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    acquire(run_dir)
     if outputs(run_dir) and owner(run_dir) != ident:
         supersede(run_dir, why=f"they belong to run {owner(run_dir) or 'unknown'}; this run failed")
     elif ident is not None and finished(run_dir, ident) is not None:

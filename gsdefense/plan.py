@@ -18,17 +18,16 @@ from gsdefense.data.memo import load_dataset_cached
 from gsdefense.defenses import Defense, build_defense
 from gsdefense.detectors import check_detector, defender_split, holds_out
 from gsdefense.errors import ConfigError
-from gsdefense.identity import DATA_LOCATION, as_dict, check_seed, typed_groups
+from gsdefense.identity import DATA_LOCATION, as_dict, check_seed, plain_config, typed_groups
 from gsdefense.models import build_model
+from gsdefense.sanity import check_run
 from gsdefense.scenario import RetrainConfig, ScratchConfig
+from gsdefense.settings import settings_config
 from gsdefense.telemetry import TelemetryConfig, telemetry_config
 from gsdefense.training.adaptive import AdaptiveDPConfig
 from gsdefense.training.checkpoint import checkpoint_config
 from gsdefense.training.dp import DPSGDConfig
 from gsdefense.training.optim import AdamConfig, ReferenceConfig, SGDConfig, reference_config
-
-# rad_definition: which RAD the figures plot (metrics.json holds all): rad, rad_best, rad_early_stop
-RAD_DEFINITIONS = ("final", "best", "early_stop")
 
 
 @dataclass
@@ -81,17 +80,14 @@ def prepare(cfg: DictConfig, *, data: DataBundle | None = None) -> Plan:
     typed = typed_groups(cfg)
     seed = check_seed(cfg.seed, field="seed")
     device = resolve_device(str(cfg.device))
-    threads = cfg.threads
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError("threads", f"must be a positive integer or null (got {threads!r}).", "use threads=1.")
-    if cfg.get("rad_definition", "final") not in RAD_DEFINITIONS:
-        raise ConfigError("rad_definition", f"unknown value {cfg.rad_definition!r}.", f"use one of {RAD_DEFINITIONS}.")
+    settings_config(plain_config(cfg))  # threads, rad_definition, booleans: typed as every group
     telemetry = telemetry_config(cfg.telemetry)
     checkpoint_config(cfg.checkpoint)
     cache_dir = check_dir(str(cfg.cache_dir), field="cache_dir")
     loaded = data if data is not None else load_dataset_cached(cfg.dataset, seed=seed).to(device)
     detector = typed["detector"]
     data, defender = hold_out_defender(loaded, fraction=holds_out(detector), seed=seed)
+    check_run(typed=typed, loaded=loaded, data=data, fraction=holds_out(detector))  # degenerate runs, ε computable
     optimizer = typed["optimizer"]
     context = RunContext(
         seed=seed,

@@ -169,7 +169,7 @@ def read_metrics(run_dir: PathLike) -> dict[str, Any]:
         return {"status": "missing", "error": "no metrics.json: the job never finished"}
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: JSON nested too deep to parse
         return {"status": "invalid", "error": f"unreadable metrics.json: {_one_line(err)}"}
     if not isinstance(data, dict):
         return {"status": "invalid", "error": f"metrics.json holds a {type(data).__name__}, not an object"}

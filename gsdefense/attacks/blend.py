@@ -13,7 +13,6 @@ the limitations study), resized to the input size. At test time the trigger is b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -29,6 +28,7 @@ from gsdefense.attacks.base import (
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError
 from gsdefense.optional import import_torchvision
+from gsdefense.paths import check_path, launch_path
 
 
 @dataclass
@@ -49,7 +49,7 @@ def load_pattern(path: str, shape: tuple[int, ...], box: tuple[float, float]) ->
     from PIL import Image
 
     field, fix = "attack.trigger_path", "pass a PNG or JPEG file that opens in an image viewer, or null."
-    file = Path(path).expanduser()
+    file = check_path(launch_path(path), field=field)  # a name too long or a symlink loop: one line, no traceback
     if file.is_dir():
         raise ConfigError(field, f"{file.resolve()} is a directory, not an image file.", fix)
     if not file.is_file():

@@ -33,6 +33,7 @@ import torch
 from gsdefense.data import DATASETS, DatasetConfig, make_bundle
 from gsdefense.data.bundle import DataBundle
 from gsdefense.errors import ConfigError, DatasetNotFoundError
+from gsdefense.paths import check_path, launch_path
 
 NUM_CLASSES = 100
 FORMATS = (
@@ -200,7 +201,7 @@ def _split(cfg: Purchase100Config, path: Path, rng: np.random.Generator) -> tupl
 @DATASETS.register("purchase100", Purchase100Config)
 def build_purchase100(cfg: Purchase100Config, *, seed: int) -> DataBundle:
     """Read ``cfg.path`` (npz or CSV). ``seed`` is unused: the split and subsets are fixed by ``split_seed``."""
-    path = Path(cfg.path).expanduser()
+    path = check_path(launch_path(cfg.path), field="dataset.path")  # too long, a symlink loop: one line
     if not path.is_file():
         raise DatasetNotFoundError(
             "dataset.path",

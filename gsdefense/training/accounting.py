@@ -1,6 +1,9 @@
 """Privacy accounting shared by every DP route: what a private training run hands the loop, and ε.
 
-ε comes from Opacus' accountant over the history of ``(σ, q, steps)`` the steps were booked with.
+ε comes from Opacus' accountant over the history of ``(σ, q, steps)`` the steps were booked with. Any step with
+σ = 0 makes ε = ∞ for every accountant (PRV and GDP cannot compute that case). Before training, ``check_epsilon``
+computes ε once for the whole schedule: PRV and GDP fail for small σ (PRV also for tiny δ), and a noise grid would
+otherwise crash after its first epoch.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import RDPAccountant
+from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+
+from gsdefense.errors import ConfigError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,51 @@ class PrivateTraining:
     def epsilon(self) -> float | None:
         if self.adaptive:
             return None
-        if isinstance(self.engine.accountant, RDPAccountant):
-            return rdp_epsilon(self.engine.accountant.history, delta=self.delta)
-        return float(self.engine.get_epsilon(self.delta))
+        return epsilon_of(self.engine.accountant, delta=self.delta)
+
+
+def epsilon_of(accountant: Any, *, delta: float) -> float:
+    """ε of an Opacus accountant's history at ``delta``: ∞ once a step had σ = 0, RDP's through ``rdp_epsilon``."""
+    if any(sigma == 0 for sigma, _, steps in accountant.history if steps):
+        return math.inf
+    if isinstance(accountant, RDPAccountant):
+        return rdp_epsilon(accountant.history, delta=delta)
+    return float(accountant.get_epsilon(delta))
+
+
+def noise_multiplier(dp: Any) -> float:
+    """The noise multiplier σ the accountant sees: ``dp.noise``, or ``dp.noise_std / dp.clip`` when given so."""
+    std = getattr(dp, "noise_std", None)
+    return std / dp.clip if std is not None else dp.noise
+
+
+def check_epsilon(dp: Any, *, n_train: int, batch_size: int, epochs: int) -> None:
+    """Raise ConfigError unless ``dp.accountant`` computes a finite or infinite (not NaN) ε for this run, after its
+    first epoch and after ``epochs`` private epochs, at q = 1/⌈n/B⌉ (``engine.poisson_rate``)."""
+    if dp is None or not hasattr(dp, "accountant") or epochs < 1:
+        return
+    from gsdefense.training.engine import poisson_rate, steps_per_epoch
+
+    sigma = noise_multiplier(dp)
+    q, _ = poisson_rate(n_train, batch_size)
+    for steps in sorted({steps_per_epoch(q), steps_per_epoch(q) * epochs}):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # GDP warns that it is experimental: the run itself says so
+                accountant = create_accountant(dp.accountant)
+                accountant.history = [(sigma, q, steps)]
+                eps = epsilon_of(accountant, delta=dp.delta)
+        except Exception as err:  # noqa: BLE001 - Opacus' accountants raise ValueError, OverflowError …
+            reason = one_line(err, limit=120)
+        else:
+            if not math.isnan(eps):
+                continue
+            reason = "it is NaN"
+        raise ConfigError(
+            "dp.accountant",
+            f"{dp.accountant} cannot compute ε for σ = {sigma:g}, δ = {dp.delta:g} over {steps} steps ({reason}).",
+            "use dp.accountant=rdp (it handles any σ and δ), or a larger dp.noise or dp.delta.",
+        )
 
 
 @functools.lru_cache(maxsize=1024)

@@ -120,7 +120,9 @@ def train(
     start = time.perf_counter()
     step, first_epoch = 0, 1
     generators = {"sampler": sampler, "noise": noise_gen, "probe_noise": probe.noise_gen if probe else None}
-    state = checkpointer.load() if checkpointer is not None else None
+    state = None if checkpointer is None else checkpointer.load(  # validated against this run: None if unusable
+        model=model, optimizer=optimizer, accountant=private.engine.accountant if private else None,
+        generators=generators, epochs=optimizer_cfg.epochs)  # fmt: skip
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
