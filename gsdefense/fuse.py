@@ -28,6 +28,7 @@ from gsdefense.plan import Plan, prepare
 from gsdefense.posttrain import detect
 from gsdefense.references import reference_entry, reference_evaluate, reference_runs, reference_spec, references
 from gsdefense.run import checkpointer_for, complete, finish, poison, record_failure, run
+from gsdefense.runlock import release_all
 from gsdefense.training.fused import FusedMember, train_fused
 from gsdefense.training.per_sample import bk_unsupported
 
@@ -125,6 +126,7 @@ def run_group(cfgs: list[DictConfig], output_dirs: list[Path]) -> list[dict]:
             log.error("fused group failed: %s\n%s", err, traceback.format_exc())
             for job in jobs:
                 metrics[job.index] = record_failure(job.output_dir, err, job.cfg)
+    release_all()  # the group's folders are complete: one descriptor per folder must not pile up over a sweep
     return metrics
 
 
