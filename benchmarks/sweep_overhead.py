@@ -16,8 +16,8 @@ and the functions that open them:
   teardown), from the parent's clock;
 - imports: ``importlib._bootstrap._find_and_load`` (every module's first import, lazy ones included);
 - Hydra compose: ``ConfigLoaderImpl.load_configuration``/``load_sweep_config`` (the primary config and the
-  launcher's per-job config); Hydra validation pass: ``Sweeper.validate_batch_is_legal`` (the sweeper
-  composes every job once more before launching); Hydra job setup: ``hydra.core.utils.run_job`` (job dir,
+  launcher's per-job config); Hydra validation pass: ``grid.sweep_jobs`` (the sweeper validates every
+  job's typed config before launching); Hydra job setup: ``hydra.core.utils.run_job`` (job dir,
   ``.hydra/*.yaml``, logging, callbacks), around the task;
 - config hashing: ``run_id``, ``run_noise_seed``, ``fusion_key``; grouping: ``fuse.group_jobs``;
 - validation: ``plan.prepare``; data: ``data.load_dataset``; poisoning: ``run.poison``;
@@ -73,7 +73,7 @@ FIG4A = ["+experiment=hong_fig4_label_flip", "dataset.download=false"]
 # phase -> the (module, attribute) functions that open it; "Class.method" patches the class.
 HOOKS = {
     "Hydra compose": [("hydra._internal.config_loader_impl", "ConfigLoaderImpl.load_configuration")],
-    "Hydra validation pass": [("hydra.plugins.sweeper", "Sweeper.validate_batch_is_legal")],
+    "Hydra validation pass": [("gsdefense.grid", "sweep_jobs")],
     "Hydra job setup": [("hydra.core.utils", "run_job")],
     "config hashing": [("gsdefense.identity", "Identity.of"), ("gsdefense.identity", "run_id"),
                        ("gsdefense.run", "run_id"), ("gsdefense.fuse", "fusion_key")],
