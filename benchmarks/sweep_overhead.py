@@ -104,7 +104,7 @@ PREIMPORT = ["hydra", "hydra._internal.config_loader_impl", "hydra._internal.cor
              "hydra_plugins.gsdefense_fused.fused_launcher", "gsdefense.launch", "gsdefense.run", "gsdefense.fuse",
              "gsdefense.plan", "gsdefense.identity", "gsdefense.data", "gsdefense.metrics", "gsdefense.telemetry",
              "gsdefense.io", "gsdefense.callbacks", "gsdefense.training.loop", "gsdefense.training.fused",
-             "gsdefense.training.checkpoint", "gsdefense.data.memo"]  # fmt: skip
+             "gsdefense.training.checkpoint", "gsdefense.data.memo", "gsdefense.grid"]  # fmt: skip
 
 
 class Phases:

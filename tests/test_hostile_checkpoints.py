@@ -44,7 +44,7 @@ def whole(digits):
 
 
 def _rows(result) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in result.history]
+    return [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in result.history]
 
 
 def _wrong_shape(state: dict) -> None:
