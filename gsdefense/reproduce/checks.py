@@ -52,9 +52,8 @@ def _levels(check: Check, means: dict[str, float], frames: Frames) -> tuple[floa
 
 
 @dataclass(frozen=True)
-class Compare:
-    """Claim: ``high``'s metric exceeds ``low``'s by at least ``claimed`` (e = mean(high) − mean(low); paired by
-    seed when both arms ran the same seeds)."""
+class _TwoArms:
+    """A claim about ``high`` against ``low``; the subclass names the statistic, its test and its null."""
 
     name: str
     metric: str
@@ -63,7 +62,6 @@ class Compare:
     null: Level = 0.0
     claimed: Level | None = None
     requires: tuple[Precondition, ...] = ()
-    test = "one-sided t-test (paired by seed, else Welch)"
 
     @property
     def arms(self) -> tuple[Arm, ...]:
@@ -75,38 +73,28 @@ class Compare:
         (high, hs), (low, ls) = self.high.pairs(frames, self.metric), self.low.pairs(frames, self.metric)
         means = {"high": Summary.of(high).mean, "low": Summary.of(low).mean}
         null, claimed, note = _levels(self, means, frames)
-        out = stats.compare(high, low, labels=(self.high.label, self.low.label), seeds=(hs, ls), null=null,
-                            claimed=claimed, alpha=alpha)  # fmt: skip
+        out = self.statistic(high, low, labels=(self.high.label, self.low.label), seeds=(hs, ls), null=null,
+                             claimed=claimed, alpha=alpha)  # fmt: skip
         return replace(out, name=self.name, note=note)
 
 
 @dataclass(frozen=True)
-class Ratio:
+class Compare(_TwoArms):
+    """Claim: ``high``'s metric exceeds ``low``'s by at least ``claimed`` (e = mean(high) − mean(low); paired by
+    seed when both arms ran the same seeds)."""
+
+    test = "one-sided t-test (paired by seed, else Welch)"
+    statistic = staticmethod(stats.compare)
+
+
+@dataclass(frozen=True)
+class Ratio(_TwoArms):
     """Claim: ``high``'s mean is at least ``claimed`` × ``low``'s (e = mean(high) / mean(low), e.g. the share of a
     backdoor's success DP retains); ``null`` is the ratio that would refute it."""
 
-    name: str
-    metric: str
-    high: Arm
-    low: Arm
     null: Level = 1.0
-    claimed: Level | None = None
-    requires: tuple[Precondition, ...] = ()
     test = "one-sided ratio test (paired by seed, else Welch; Fieller CI)"
-
-    @property
-    def arms(self) -> tuple[Arm, ...]:
-        return (self.high, self.low)
-
-    def evaluate(self, frames: Frames, *, alpha: float = ALPHA) -> Outcome:
-        if (skip := _untestable(self, frames)) is not None:
-            return skip
-        (high, hs), (low, ls) = self.high.pairs(frames, self.metric), self.low.pairs(frames, self.metric)
-        means = {"high": Summary.of(high).mean, "low": Summary.of(low).mean}
-        null, claimed, note = _levels(self, means, frames)
-        out = stats.ratio(high, low, labels=(self.high.label, self.low.label), seeds=(hs, ls), null=null,
-                          claimed=claimed, alpha=alpha)  # fmt: skip
-        return replace(out, name=self.name, note=note)
+    statistic = staticmethod(stats.ratio)
 
 
 @dataclass(frozen=True)
