@@ -256,6 +256,17 @@ def test_an_attack_that_moves_a_test_image_or_two_is_not_testable() -> None:
     assert dataclasses.replace(material, arm=Arm("v", "vanilla")).failure(strong) is None
 
 
+def test_n1_needs_most_vanilla_models_flagged_by_neural_cleanse_not_a_t_test_of_the_index() -> None:
+    # The paper-scale vanilla arm: every model's target flagged (indices 2.65, 4.00, 2.77), yet a one-sided t-test of
+    # the mean index against 2 gives p = 0.06 with 3 seeds: the precondition follows Neural Cleanse's own per-model rule.
+    detects = dataclasses.replace(BY_ID["N1"].checks[0].requires[0], arm=Arm("v", "vanilla"))
+    index = [2.646401, 3.998112, 2.767875]
+    assert not stats.present(index, above=2.0)[0]
+    assert detects.failure({"v": _frame(nc_detected=[True, True, True], nc_target_anomaly_index=index)}) is None
+    why = detects.failure({"v": _frame(nc_detected=[True, False, False], nc_target_anomaly_index=[2.5, 1.2, 0.9])})
+    assert why == "Neural Cleanse flags the backdoor target in only 33% of the vanilla models (n=3; it must flag most)"
+
+
 def test_h5_censoring_is_one_rule_for_both_checks() -> None:
     rows = pd.DataFrame({"dp.clip": [8.0] * 3 + [1.0] * 3, "asr": [1.0, 1.0, 0.9, 0.0, 0.1, 0.0],
                          "mean_poisons_needed": [1.1, 1.2, 1.0, math.nan, 15, math.nan],
