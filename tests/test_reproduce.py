@@ -258,7 +258,7 @@ def test_an_attack_that_moves_a_test_image_or_two_is_not_testable() -> None:
 
 def test_n1_needs_most_vanilla_models_flagged_by_neural_cleanse_not_a_t_test_of_the_index() -> None:
     # The paper-scale vanilla arm: every model's target flagged (indices 2.65, 4.00, 2.77), yet a one-sided t-test of
-    # the mean index against 2 gives p = 0.06 with 3 seeds: the precondition follows Neural Cleanse's own per-model rule.
+    # the mean index against 2 gives p = 0.06 with 3 seeds: the precondition follows Neural Cleanse's per-model rule.
     detects = dataclasses.replace(BY_ID["N1"].checks[0].requires[0], arm=Arm("v", "vanilla"))
     index = [2.646401, 3.998112, 2.767875]
     assert not stats.present(index, above=2.0)[0]
