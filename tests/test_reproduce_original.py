@@ -84,6 +84,12 @@ def test_sweeps_reproduce_each_released_cell(tmp_path, capsys: pytest.CaptureFix
     assert runner.compose_check(sweeps[2]) is None and runner.compose_check(sweeps[-1]) is None
     n_cells = sum(len(p.grid[-1].split("=")[1].split(",")) for p in original.parts(tiers=(1, 2, 3))[:-1])
     assert n_cells == 93
+    # Tiers run at different times never share a sweep folder: 0.2 at C=4 has a noise-0 cell (tier 2) and noisy
+    # cells (tier 3); one folder let tier 3's job 0 move tier 2's finished run aside (3 cells lost their runs).
+    names = [p.name for p in original.parts(tiers=(1, 2, 3))]
+    assert len(names) == len(set(names)) and {"lf_0.2_c4", "lf_0.2_c4_t3"} <= set(names)
+    flips = [{p.name for p in original.parts(tiers=(t,)) if p.name != "collision"} for t in (2, 3)]
+    assert not flips[0] & flips[1]
     assert main(["original", "--dry-run", "--tiers", "1", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip().endswith("5 sweeps")
     assert main(["original", "--report-only", "--out", str(tmp_path)]) == 2
@@ -91,9 +97,9 @@ def test_sweeps_reproduce_each_released_cell(tmp_path, capsys: pytest.CaptureFix
 
 
 def test_the_tables_never_overwrite_the_released_numbers(tmp_path) -> None:
-    released = {p.name: p.read_bytes() for p in original.DATA.glob("*.csv")}
+    released = {p.name: p.read_bytes() for p in original.DATA.glob("released_*.csv")}
     assert set(released) == {"released_label_flips.csv", "released_collision.csv"}
     readme = original.write(tmp_path)  # no sweeps: every row "not run here" (n = 0)
     assert {p.name for p in readme.parent.iterdir()} == {"README.md", "label_flips.csv", "collision.csv"}
     assert "0 of 0 cells run here are inside (93 released" in readme.read_text()
-    assert {p.name: p.read_bytes() for p in original.DATA.glob("*.csv")} == released
+    assert {p.name: p.read_bytes() for p in original.DATA.glob("released_*.csv")} == released

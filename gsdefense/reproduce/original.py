@@ -65,11 +65,13 @@ def parts(*, tiers: Sequence[int] = (1, 2)) -> list[Part]:
     cells = label_flips()
     cells = cells[cells["tier"].isin(tiers)]
     out = []
-    for (ratio, clip), group in cells.groupby(["ratio", "clip"], sort=True):
+    # One sweep folder per (ratio, clip, tier): a (ratio, clip) with cells in tiers 2 and 3 run at different times
+    # must not share a folder (the later grid's job k would find the earlier one's run there and move it aside).
+    for (ratio, clip, tier), group in cells.groupby(["ratio", "clip", "tier"], sort=True):
         noises = ",".join(_value(n) for n in sorted(group["multiplier"]))
         grid = (f"attack.poison_ratio={_value(ratio)}", "hydra.sweeper.params=null", f"dp.clip={_value(clip)}",
                 f"dp.noise={noises}")  # fmt: skip
-        name = f"lf_{_value(ratio)}_c{_value(clip)}"
+        name = f"lf_{_value(ratio)}_c{_value(clip)}" + ("_t3" if tier == 3 else "")
         out.append(Part(name, "hong_fig4_label_flip", grid, fused=True, cost=4 * len(group)))
     out.append(Part("collision", "hong_fig1_collision", (), cost=30))
     return out
