@@ -77,6 +77,7 @@ def test_a_multirun_in_one_process_says_it_once(tmp_path) -> None:
         ([1.0, 1.2], None),  # one rise is not a trend
         ([2.0, 1.5, 1.2, 1.0], None),
         ([1.0, 1.01, 1.02, 1.03], None),  # 3 % in total: DP noise, not divergence
+        ([0.194, 0.197, 0.215], None),  # +11 % near convergence: `python launch.py`'s default run, DP jitter
         ([1.0, 1.2, 1.5, 1.4, 1.6, 1.9, 2.5], (3, 6)),  # the longest stretch
         ([1.0, None, 2.0, 3.0, 4.0], (2, 4)),
     ],

@@ -14,7 +14,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MIN_RISES = 2  # consecutive epoch-on-epoch increases: three epochs of rising loss
-MIN_GROWTH = 0.10  # ... by at least this fraction of the loss where the rise began (DP noise jitters less)
+MIN_GROWTH = 0.25  # ... by at least this fraction of the loss where the rise began (DP noise near
+# convergence jitters by less: the default run went 0.194 → 0.197 → 0.215, +11 %)
 
 # (dataset, model) → the papers' schedule, in words and as overrides (shared facts about the original code).
 # dataset None: any dataset with that model.
