@@ -275,6 +275,9 @@ def test_h5_censoring_is_one_rule_for_both_checks() -> None:
     outs = [c.evaluate({"clip": rows}) for c in claim.checks[:2]]
     assert [o.verdict for o in outs] == ["not testable here"] * 2
     assert all("censored: at most 20 poisons tried per target (the paper: 100)" in o.reason for o in outs)
+    assert "and 97 % of the targets in C=1 did not fall within them (n=3)" in outs[0].reason
+    none = rows.assign(asr=[1.0, 1.0, 0.9, 0.0, 0.0, 0.0])
+    assert "and none of the targets in C=1 fell within them (n=3)" in claim.checks[0].evaluate({"clip": none}).reason
     assert Uncensored(Arm("clip", "C=1", {"dp.clip": 1.0}), 100).failure({"clip": rows.assign(**{
         "attack.max_poisons": 100})}) is None  # fmt: skip
 

@@ -26,7 +26,7 @@ from gsdefense.reproduce.evidence import common, telemetry_row
 from gsdefense.reproduce.findings import batch_mean_artifact
 from gsdefense.reproduce.setup import part_setup
 from gsdefense.reproduce.spec import merge
-from gsdefense.reproduce.tables import CLAIM_COLUMNS
+from gsdefense.reproduce.tables import CLAIM_COLUMNS, merged
 from gsdefense.reproduce.verdicts import VERDICTS
 from tests.conftest import ROOT
 
@@ -286,3 +286,14 @@ def test_committed_report_has_every_claim(scale: str) -> None:
     assert tested["verdict"].isin(VERDICTS).all()
     assert (tested["n_seeds"] >= 3).all(), tested.loc[tested["n_seeds"] < 3, ["id", "n_seeds"]]
     assert (COMMITTED[scale] / "README.md").read_text().startswith(f"# Which claims hold at {scale} scale")
+
+
+def test_a_merged_table_keeps_the_current_columns_in_their_order(tmp_path: Path) -> None:
+    # A claims.csv written by an older version (another column order, a column since dropped) was merged with the
+    # new rows in the old order: the committed report then failed its format check.
+    path = tmp_path / "claims.csv"
+    pd.DataFrame({"verdict": ["inconclusive"], "id": ["H1"], "gone": [1]}).to_csv(path, index=False)
+    new = pd.DataFrame({"id": ["H2"], "verdict": ["reproduced"], "scale": ["paper"]})
+    table = merged(path, new, order=["H1", "H2"])
+    assert list(table.columns) == ["id", "verdict", "scale"] and list(table["id"]) == ["H1", "H2"]
+    assert table.loc[0, "verdict"] == "inconclusive"

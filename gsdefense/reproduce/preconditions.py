@@ -111,10 +111,13 @@ class Uncensored:
         s = Summary.of(self.arm.values(frames, self.metric))
         if not len(tried) or not s.n or tried.min() >= self.paper_budget or s.mean >= 1.0:
             return None
-        missed = "every" if s.mean == 0 else f"{100 * (1 - s.mean):.0f} % of the"
+        fell = (
+            f"none of the targets in {self.arm.label} fell within them"
+            if s.mean == 0
+            else f"{100 * (1 - s.mean):.0f} % of the targets in {self.arm.label} did not fall within them"
+        )
         return (f"censored: at most {int(tried.min())} poisons tried per target (the paper: {self.paper_budget}), "
-                f"and {missed} targets in {self.arm.label} did not fall within them (n={s.n}), so their success and "
-                "the poisons they need are unknown")  # fmt: skip
+                f"and {fell} (n={s.n}), so their success and the poisons they need are unknown")  # fmt: skip
 
 
 Precondition = Present | AtMost | Exceeds | Uncensored

@@ -70,7 +70,9 @@ def merged(path: Path, new: pd.DataFrame, *, order: Sequence[str]) -> pd.DataFra
     if path.exists():
         old = pd.read_csv(path)
         if "id" in old:
-            new = pd.concat([old[~old["id"].isin(set(new["id"]))], new], ignore_index=True)
+            kept = old[~old["id"].isin(set(new["id"]))]
+            # new's columns, in new's order: an older file's order (or its dropped columns) must not carry over
+            new = pd.concat([kept, new], ignore_index=True).reindex(columns=new.columns)
     rank = {claim_id: i for i, claim_id in enumerate(order)}
     return new.sort_values("id", key=lambda s: s.map(rank).fillna(len(rank)), kind="stable").reset_index(drop=True)
 

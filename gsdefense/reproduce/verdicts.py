@@ -50,8 +50,8 @@ class Summary:
         return cls(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan, int(x.size))
 
     def text(self) -> str:
-        if self.n == 0:
-            return "no runs"
+        if self.n == 0:  # no runs, or none with a value (e.g. poisons needed where no target fell)
+            return "no values (n=0)"
         sd = "" if math.isnan(self.sd) else f" ± {self.sd:.3g}"
         return f"{self.mean:.3g}{sd} (n={self.n})"
 
