@@ -160,6 +160,13 @@ def apply(cfg: DictConfig, lines: list[str], parsed: Parsed) -> None:
             raise ConfigError(key_of(line), f"cannot be applied ({one_line(cause)}).") from None
 
 
+def _task(combo: Combo, values: list[str], parsed: Parsed) -> DictConfig:
+    """The job's task config: its group combination's, with the job's value overrides applied."""
+    task = copy.deepcopy(combo.task)
+    apply(task, values, parsed)
+    return task
+
+
 def sweep_jobs(*, loader: Any, master: DictConfig, arguments: list[str]) -> tuple[int, list[list[str]]]:
     """The jobs of a sweep (``hydra.sweeper.params`` then the command line's overrides), every one validated;
     also how many the grid asked for before ``dp=none`` jobs collapsed."""
@@ -224,14 +231,22 @@ class _Grid:
             plain = set_plain(combo.plain, values, parsed) if combo.plain is not None else None
             task = None
             if plain is None:  # the general path: the job's own config, as Hydra will compose it
-                task = copy.deepcopy(combo.task)
-                apply(task, values, parsed)
+                task = _task(combo, values, parsed)
                 if combo.hydra_resolver:
                     _set_hydra(combo, idx, override_dirname(self.master, job, parsed))
                     self.hydra_changed = True
                 plain = resolved(task)
             identity(plain, memo=self.memo)
-            self.subdirs.append(job_subdir(self.master, combo, task, idx, job, parsed))
+            self.subdirs.append(
+                job_subdir(
+                    self.master,
+                    combo.full,
+                    lambda: task if task is not None else _task(combo, values, parsed),
+                    idx,
+                    job,
+                    parsed,
+                )
+            )
         except ConfigError as err:
             where = f"in job {len(self.ready)} ({' '.join(job)})"
             raise ConfigError(err.field, f"{err.problem.rstrip('.')} {where}.", err.fix) from None

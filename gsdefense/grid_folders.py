@@ -11,22 +11,21 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from gsdefense.errors import ConfigError, one_line, short_path
-
-if TYPE_CHECKING:
-    from gsdefense.grid import Combo, Parsed
 
 SUBDIR = "hydra.sweep.subdir"
 # What hydra.sweep.subdir may use and still be resolved without each job's full config.
 CHEAP_SUBDIR = re.compile(r"\$\{hydra\.job\.(num|id|override_dirname|name)\}")
 
 
-def override_dirname(master: DictConfig, lines: list[str], parsed: Parsed) -> str:
+def override_dirname(master: DictConfig, lines: list[str], parsed: Callable[[str], Any]) -> str:
+    """Hydra's ``override_dirname`` of a job (``parsed``: an override line → Hydra's parsed override)."""
     from hydra._internal.config_loader_impl import get_overrides_dirname
 
     conf = master.hydra.job.config.override_dirname
@@ -35,20 +34,17 @@ def override_dirname(master: DictConfig, lines: list[str], parsed: Parsed) -> st
                                  kv_sep=conf.kv_sep)  # fmt: skip
 
 
-def job_subdir(master: DictConfig, combo: Combo, task: DictConfig | None, idx: int, lines: list[str],
-               parsed: Parsed) -> str:  # fmt: skip
-    """The job's ``hydra.sweep.subdir``, resolved as Hydra's launcher will resolve it."""
+def job_subdir(master: DictConfig, full: DictConfig, task_of: Callable[[], DictConfig], idx: int, lines: list[str],
+               parsed: Callable[[str], Any]) -> str:  # fmt: skip
+    """The job's ``hydra.sweep.subdir``, resolved as Hydra's launcher will resolve it (``full``: the job's group
+    combination composed; ``task_of()``: the job's task config, built only when the subdir needs it)."""
     expr = OmegaConf.to_container(master.hydra.sweep, resolve=False)["subdir"]
     dirname = override_dirname(master, lines, parsed)
     if isinstance(expr, str) and not CHEAP_SUBDIR.sub("", expr).count("${"):
         values = {"num": idx, "id": idx, "override_dirname": dirname, "name": master.hydra.job.get("name")}
         return CHEAP_SUBDIR.sub(lambda m: str(values[m.group(1)]), expr)
-    if task is None:
-        from gsdefense.grid import apply  # (grid imports this module)
-
-        task = copy.deepcopy(combo.task)
-        apply(task, [line for line in lines if not parsed.is_group(line)], parsed)
-    full = copy.deepcopy(combo.full)  # the subdir refers to task values or resolvers: the job's whole config
+    task = task_of()
+    full = copy.deepcopy(full)  # the subdir refers to task values or resolvers: the job's whole config
     with read_write(full), open_dict(full):
         for key in task:
             full[key] = task[key]

@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 
 from gsdefense.errors import ConfigError
-from gsdefense.reproduce import __main__ as cli
-from gsdefense.reproduce import datacheck, report, run, runner
+from gsdefense.reproduce import datacheck, report, run, runner, spec
 from gsdefense.reproduce.__main__ import main
 from gsdefense.reproduce.claims import BY_ID, CLAIMS, select
 from gsdefense.reproduce.evaluate import evaluate
@@ -170,7 +169,7 @@ def test_help_prints_the_measured_time(tmp_path: Path, monkeypatch, capsys: pyte
     (tmp_path / "docs" / "reproduction").mkdir(parents=True)
     pd.DataFrame({"sweep": ["H1/vanilla", "all (wall clock)"], "seconds": [30.0, 600.0], "returncode": [0, None],
                   "cpus": [2, 2]}).to_csv(tmp_path / "docs" / "reproduction" / "timing.csv", index=False)  # fmt: skip
-    monkeypatch.setattr(cli, "ROOT", tmp_path)
+    monkeypatch.setattr(spec, "ROOT", tmp_path)
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out

@@ -17,29 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
-import pandas as pd
 
 from gsdefense.errors import ConfigError
 from gsdefense.reproduce import runner
 from gsdefense.reproduce.claims import BY_ID, select
 from gsdefense.reproduce.spec import REPORTS as OUT
-from gsdefense.reproduce.spec import ROOT, SCALES
-
-
-def estimate(scale: str) -> str:
-    """The committed report's measured wall-clock time of a full run at ``scale`` (its timing.csv)."""
-    path = ROOT / OUT[scale] / "timing.csv"
-    try:
-        saved = pd.read_csv(path)
-    except (OSError, ValueError):
-        return "not measured yet"
-    wall = saved.loc[saved["sweep"] == "all (wall clock)", "seconds"]
-    cpus = saved["cpus"].dropna() if "cpus" in saved else pd.Series(dtype=float)
-    where = f"{int(cpus.iloc[0])} CPU cores" if len(cpus) else "the machine that generated it"
-    if len(wall):
-        return f"{float(wall.iloc[0]) / 60:.0f} min on {where}"
-    total = pd.to_numeric(saved["seconds"], errors="coerce").sum()
-    return f"about {total / 60:.0f} min of sweeps on {where} (no full run recorded)"
+from gsdefense.reproduce.spec import ROOT, SCALES, estimate
 
 
 def epilog() -> str:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from gsdefense.reproduce import datacheck, original, report, runner
 from gsdefense.reproduce.evaluate import ClaimResult, evaluate, placeholder
-from gsdefense.reproduce.spec import Claim
+from gsdefense.reproduce.spec import Claim, estimate
 
 NOT_RESULTS = ("needs ", "not run here")  # verdicts that say nothing ran: a later run may replace them
 
@@ -51,8 +51,6 @@ def report_only(args: argparse.Namespace, claims: Sequence[Claim], sweeps: Seque
                 command: str, paper: Sequence[runner.Sweep]) -> int:  # fmt: skip
     have = [c for c in claims if has_sweeps(c, args.out)]
     if not have:
-        from gsdefense.reproduce.__main__ import estimate
-
         ids = ", ".join(c.id for c in claims)
         print(f"error: --report-only: no sweeps under {args.out / 'sweeps'} for {ids} (sweeps stay out of git, so a "
               f"fresh clone has none); the report there is kept as it is. Fix: run python -m gsdefense.reproduce"

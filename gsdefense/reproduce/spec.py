@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from gsdefense.reproduce.arms import Frames
 from gsdefense.reproduce.checks import Check
 
@@ -88,3 +90,19 @@ class Claim:
             if part.name == name:
                 return part
         raise KeyError(f"{self.id} has no part {name!r}")
+
+
+def estimate(scale: str) -> str:
+    """The committed report's measured wall-clock time of a full run at ``scale`` (its timing.csv)."""
+    path = ROOT / REPORTS[scale] / "timing.csv"
+    try:
+        saved = pd.read_csv(path)
+    except (OSError, ValueError):
+        return "not measured yet"
+    wall = saved.loc[saved["sweep"] == "all (wall clock)", "seconds"]
+    cpus = saved["cpus"].dropna() if "cpus" in saved else pd.Series(dtype=float)
+    where = f"{int(cpus.iloc[0])} CPU cores" if len(cpus) else "the machine that generated it"
+    if len(wall):
+        return f"{float(wall.iloc[0]) / 60:.0f} min on {where}"
+    total = pd.to_numeric(saved["seconds"], errors="coerce").sum()
+    return f"about {total / 60:.0f} min of sweeps on {where} (no full run recorded)"
