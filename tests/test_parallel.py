@@ -103,8 +103,11 @@ def _stop_mid_training(tmp_path: Path, launcher: list[str], sig: signal.Signals,
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     family = _descendants(proc.pid)
     assert family, "the jobs run in processes of their own"
-    if victim == "worker":  # a worker is a child of the fork server, itself a child of the launcher
-        workers = [p for p in family if _descendants(p) == set() and p not in _children_of(proc.pid)]
+    if victim == "worker":  # a worker is a child of the fork server, itself a child of the launcher (picking any
+        # leaf process instead once picked a short-lived helper a busy worker had started, and nothing died)
+        servers = [c for c in _children_of(proc.pid) if b"forkserver" in _cmdline(c)]
+        workers = sorted(_children_of(servers[0])) if servers else []
+        assert workers, f"no fork server with workers among {sorted(family)}"
         os.kill(workers[0], sig)
     else:
         os.kill(proc.pid, sig)
@@ -116,6 +119,13 @@ def _stop_mid_training(tmp_path: Path, launcher: list[str], sig: signal.Signals,
     for pid in survivors:  # never leave them behind, even when the test fails
         os.kill(pid, signal.SIGKILL)
     return code, survivors, proc.stderr.read()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _children_of(pid: int) -> set[int]:
